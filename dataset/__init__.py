@@ -1,0 +1,12 @@
+"""The contest data layer shared by both stages.
+
+Everything that reads or writes the Taobao Live contest layout lives here once:
+annotation records and parsing, the dataset-root scanner, video frame reading,
+box utilities, the synthetic benchmark generator (``dataset.synth``) and the
+contest scorer (``dataset.score``).
+
+Colour convention: every image or frame held in memory by this project is an
+``uint8`` array of shape ``(H, W, 3)`` in **RGB** order. Conversion to and from
+OpenCV's BGR happens only at the file boundary (``dataset.images``,
+``dataset.frames``, ``dataset.video_write``).
+"""

@@ -1,0 +1,41 @@
+"""Image file I/O at the boundary where OpenCV's BGR becomes the project's RGB."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dataset.errors import ImageError
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image file as an RGB uint8 array; ``ImageError`` names the file when it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageError(path, "not a decodable image (corrupt or unsupported format)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """``(width, height)`` of an image file."""
+    height, width = read_image(path).shape[:2]
+    return width, height
+
+
+def write_image(path: Path | str, image: np.ndarray, quality: int = 92) -> Path:
+    """Write an RGB uint8 image; JPEG quality applies to ``.jpg``/``.jpeg``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ImageError(path, "could not encode image")
+    encoded.tofile(path)
+    return path
