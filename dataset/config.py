@@ -1,0 +1,79 @@
+"""YAML configs validated into typed pydantic models, overridable from the command line.
+
+Both stages describe a model and its training in one YAML file per model. A
+typo in a key or a value of the wrong type must fail at start-up with the
+file and the key named, not hours into a run, so every config model forbids
+unknown keys.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dataset.errors import DataError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(DataError):
+    """A config file or override that does not validate; names the file and the key."""
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(source, f"cannot set {dotted!r}: {key!r} is not a section", dotted)
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: str) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``0.1``, ``[1, 2]``, ``true``)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(source, f"override {item!r} is not key=value", item)
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw), source)
+    return data
+
+
+def _format_validation(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return key, f"{first['msg']}{extra}"
+
+
+def validate_config(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate a dict into ``model``; a ``ConfigError`` names the source and the first bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        key, message = _format_validation(exc)
+        raise ConfigError(source, message, key) from None
+
+
+def load_config(model: type[M], path: Path | str, overrides: list[str] | None = None) -> M:
+    """Read a YAML file, apply overrides, validate into ``model``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(path, "config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "top level must be a mapping")
+    return validate_config(model, apply_overrides(data, overrides, str(path)), str(path))

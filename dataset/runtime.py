@@ -1,0 +1,117 @@
+"""Runtime helpers both stages train and run with: device choice, seeding,
+autocast, learning-rate schedules and crash-safe checkpoints.
+
+Kept in one place so that the detector and the embedder behave the same on
+CPU and CUDA, resume the same way, and schedule their learning rate with the
+same, tested code.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an explicit name is honoured or fails clearly."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, dtype: str = "bf16") -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (``bf16``/``fp16``); a no-op on CPU or with ``fp32``."""
+    if device.type != "cuda" or dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", warmup_start: float = 0.001,
+              milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
+    """Multiplier of the base learning rate at ``step``.
+
+    Linear warmup from ``warmup_start`` over ``warmup`` steps, then either a
+    half cosine to 0 at ``total`` (``cosine``), or a step decay by ``gamma``
+    at each milestone (``step``), or constant (``constant``).
+    """
+    if warmup > 0 and step < warmup:
+        alpha = step / warmup
+        warm = warmup_start * (1 - alpha) + alpha
+    else:
+        warm = 1.0
+    if schedule == "cosine":
+        progress = min(max(step, 0) / max(total, 1), 1.0)
+        return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return warm * gamma ** sum(step >= m for m in milestones)
+    if schedule == "constant":
+        return warm
+    raise ValueError(f"unknown schedule {schedule!r}: expected cosine, step or constant")
+
+
+def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
+    """``torch.save`` to a temp file and rename, so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint saved by ``save_checkpoint`` (weights and plain training state only)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=False)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state a training loop draws from, for exact resume."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Temporarily cap intra-op threads (benchmarks compare at a fixed count)."""
+    if not count:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dataset.config import ConfigError, StrictModel, load_config
+from dataset.runtime import load_checkpoint, lr_factor, pick_device, save_checkpoint
+
+
+class Solver(StrictModel):
+    lr: float = 0.01
+    steps: int = 10
+
+
+class Config(StrictModel):
+    name: str
+    solver: Solver = Solver()
+
+
+def test_config_loads_validates_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: tiny\nsolver:\n  lr: 0.1\n")
+    cfg = load_config(Config, path, ["solver.steps=7"])
+    assert cfg.solver == Solver(lr=0.1, steps=7)
+    with pytest.raises(ConfigError, match=r"c.yaml \[solver.stpes\]"):
+        load_config(Config, path, ["solver.stpes=7"])
+    with pytest.raises(ConfigError, match=r"\[solver.lr\]"):
+        load_config(Config, path, ["solver.lr=fast"])
+    with pytest.raises(ConfigError, match="not key=value"):
+        load_config(Config, path, ["solver.lr"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Config, tmp_path / "missing.yaml")
+
+
+def test_lr_schedules() -> None:
+    assert lr_factor(0, 100, 10) == pytest.approx(0.001)
+    assert lr_factor(10, 100, 10) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(0.1 * torch.pi)).item()))
+    assert lr_factor(100, 100, 0) == pytest.approx(0.0)
+    assert lr_factor(50, 100, 0, "step", milestones=(30, 60), gamma=0.4) == pytest.approx(0.4)
+    assert lr_factor(5, 100, 0, "constant") == 1.0
+    with pytest.raises(ValueError):
+        lr_factor(5, 100, 0, "linear")
+
+
+def test_checkpoint_round_trip_and_device(tmp_path: Path) -> None:
+    state = {"w": torch.arange(4.0), "step": 3}
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ck" / "last.pt", state))
+    assert loaded["step"] == 3 and torch.equal(loaded["w"], state["w"])
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            pick_device("cuda")
