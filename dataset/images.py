@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from dataset.errors import ImageError
 
@@ -24,9 +25,15 @@ def read_image(path: Path | str) -> np.ndarray:
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
-    """``(width, height)`` of an image file."""
-    height, width = read_image(path).shape[:2]
-    return width, height
+    """``(width, height)`` from the file header alone, so sizing a catalogue never decodes pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ImageError(path, f"not a readable image: {exc}") from None
 
 
 def write_image(path: Path | str, image: np.ndarray, quality: int = 92) -> Path:
