@@ -1,0 +1,341 @@
+"""Batched embedding of crops by one model or an ensemble, resumable, as arrays plus row metadata.
+
+Output of a run in ``--out DIR`` (what the matcher reads):
+
+* ``embeddings.npy``: float32 ``(N, D)``, every row unit-norm. For an
+  ensemble, the models' unit vectors are concatenated and re-normalised, so
+  columns ``offset_k .. offset_k + dim_k`` re-normalised give model k alone.
+* ``embeddings.json``: ``{"format", "dim", "models": [{"name", "config",
+  "weights", "dim", "offset"}], "rows": [...], "issues": [...]}``; row i
+  describes embeddings[i]: ``kind`` (image/video), ``source_id`` plus
+  ``item_id`` or ``video_id``, ``file``, ``path``, ``frame`` (null for
+  images), ``box`` [x1, y1, x2, y2], ``score``, ``group`` and
+  ``instance_id`` (ground truth, 0 when unknown). Boxes whose pixels could
+  not be read have no row; ``issues`` says why.
+
+Work is done in chunks of sources (images and clips); each finished chunk is
+saved under ``DIR/chunks/`` keyed by its boxes and the models, so a rerun
+after a crash, or with more boxes, only computes what is new. Every clip of a
+chunk is decoded once and its crops go through every model of the ensemble.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataset.errors import Issue, IssueLog
+from dataset.jsonio import write_json_atomic
+from dataset.layout import load_dataset
+from dataset.records import Dataset
+from dataset.runtime import autocast, load_checkpoint, pick_device
+from metric_sub.buckets import aspect_group, resize_to_bucket
+from metric_sub.config import EmbedderConfig, load_embedder_config
+from metric_sub.data import CropRef, ground_truth_crops, iter_crops
+from metric_sub.model import Embedder, build_embedder
+
+log = logging.getLogger(__name__)
+
+FORMAT = "metric_sub.embeddings/1"
+
+
+@dataclass
+class ModelRunner:
+    """One model on its device with its inference settings: crops in, unit vectors out."""
+
+    config: EmbedderConfig
+    model: Embedder
+    device: torch.device
+    weights: str | None = None
+
+    def __post_init__(self) -> None:
+        self.model.eval().to(self.device)
+        settings = self.config.embed
+        cuda = self.device.type == "cuda"
+        self.dtype = settings.dtype if cuda else "fp32"
+        self.channels_last = settings.channels_last and cuda
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.graphs = settings.cuda_graphs and cuda
+        self.pad = settings.pad_batches and (settings.compile or self.graphs)
+        self.forward = self.model
+        if settings.compile or self.graphs:
+            self.forward = compile_model(self.model, self.graphs)
+        self.sizes = self.config.bucket_sizes()
+
+    @property
+    def dim(self) -> int:
+        return self.config.model.embedding_size
+
+    @torch.inference_mode()
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Unit-norm fp32 embeddings of a uint8 ``(B, H, W, 3)`` batch of one bucket size."""
+        count = len(batch)
+        if self.pad and count < self.config.embed.batch_size:
+            filler = np.zeros((self.config.embed.batch_size - count, *batch.shape[1:]), np.uint8)
+            batch = np.concatenate([batch, filler])
+        images = torch.from_numpy(batch).permute(0, 3, 1, 2)
+        if self.device.type == "cuda":
+            images = images.pin_memory().to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast(self.device, self.dtype):
+            features = self.forward(images)
+        return F.normalize(features[:count].float(), dim=1).cpu().numpy()
+
+    def embed_crops(self, crops: Sequence[np.ndarray], groups: Sequence[int]) -> np.ndarray:
+        """Embeddings of crops in input order, computed in one-bucket batches."""
+        out = np.zeros((len(crops), self.dim), np.float32)
+        by_group: dict[int, list[int]] = defaultdict(list)
+        for index, group in enumerate(groups):
+            by_group[group].append(index)
+        size = self.config.embed.batch_size
+        for group, indices in sorted(by_group.items()):
+            for start in range(0, len(indices), size):
+                chunk = indices[start:start + size]
+                batch = np.stack([resize_to_bucket(crops[i], self.sizes[group]) for i in chunk])
+                out[chunk] = self.embed_batch(batch)
+        return out
+
+
+def compile_model(model: Embedder, cuda_graphs: bool) -> torch.nn.Module:
+    """``torch.compile`` with static shapes: each of the 12 bucket shapes gets its own graph.
+
+    The recompile limit is raised above the bucket count, or Dynamo would fall
+    back to eager for the later buckets.
+    """
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64))
+    return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+
+
+def load_runner(config: EmbedderConfig, weights: Path | str | None, device: torch.device) -> ModelRunner:
+    """A model from a training checkpoint (``model`` key) or, without one, with its initial weights.
+
+    Initial weights are meaningful only for ImageNet-initialised configs
+    (zero-shot retrieval); a random-init model without a checkpoint is refused.
+    """
+    model = build_embedder(config)
+    if weights is not None:
+        state = load_checkpoint(weights)
+        model.load_state_dict(state.get("model", state))
+    elif config.model.init == "random":
+        raise ValueError(f"config {config.name!r} starts from random weights: give its trained checkpoint")
+    return ModelRunner(config, model, device, str(weights) if weights else None)
+
+
+def fuse(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate the models' unit vectors and re-normalise (the seed's ensemble)."""
+    fused = np.concatenate(blocks, axis=1)
+    return fused / np.maximum(np.linalg.norm(fused, axis=1, keepdims=True), 1e-12)
+
+
+def read_crops(refs: Sequence[CropRef], issues: IssueLog, workers: int = 2) -> tuple[list[int], list[np.ndarray]]:
+    """The readable refs' indices and crops (each source decoded once)."""
+    kept: list[int] = []
+    crops: list[np.ndarray] = []
+    for index, patch in iter_crops(refs, issues, workers):
+        kept.append(index)
+        crops.append(patch)
+    return kept, crops
+
+
+def embed_crops(runners: Sequence[ModelRunner], crops: Sequence[np.ndarray], groups: Sequence[int]) -> np.ndarray:
+    """Fused ensemble embeddings of crops with their aspect groups."""
+    if not crops:
+        return np.zeros((0, sum(r.dim for r in runners)), np.float32)
+    return fuse([runner.embed_crops(crops, groups) for runner in runners])
+
+
+def embed_refs(runners: Sequence[ModelRunner], refs: Sequence[CropRef], issues: IssueLog,
+               workers: int = 2) -> tuple[np.ndarray, list[int]]:
+    """Fused embeddings of the readable refs, and their indices into ``refs``."""
+    kept, crops = read_crops(refs, issues, workers)
+    return embed_crops(runners, crops, [refs[i].group for i in kept]), kept
+
+
+def _chunks(refs: Sequence[CropRef], sources_per_chunk: int) -> list[list[int]]:
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for index, ref in enumerate(refs):
+        by_source[ref.path].append(index)
+    sources = list(by_source.values())
+    return [[i for s in sources[k:k + sources_per_chunk] for i in s]
+            for k in range(0, len(sources), sources_per_chunk)]
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _model_key(runner: ModelRunner) -> dict:
+    weights = Path(runner.weights) if runner.weights else None
+    stamp = [str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns] if weights else None
+    return {"config": runner.config.model_dump(mode="json", exclude={"embed", "train"}), "weights": stamp}
+
+
+def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
+                  sources_per_chunk: int = 64, workers: int = 2, progress: bool = True) -> IssueLog:
+    """Embed every ref with the ensemble into ``out_dir`` (see the module docstring), resuming chunks."""
+    out_dir = Path(out_dir)
+    chunk_dir = out_dir / "chunks"
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    issues = IssueLog()
+    models_key = [_model_key(r) for r in runners]
+    plan = _chunks(refs, sources_per_chunk)
+    keys = [_digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
+
+    def prepare(chunk: list[int]) -> tuple[IssueLog, list[int], list[np.ndarray]]:
+        chunk_issues = IssueLog()
+        kept, crops = read_crops([refs[i] for i in chunk], chunk_issues, workers)
+        return chunk_issues, kept, crops
+
+    todo = [(c, k) for c, k in zip(plan, keys) if not (chunk_dir / f"{k}.npy").is_file()]
+    log.info("%d chunks, %d already done", len(plan), len(plan) - len(todo))
+    # Decoding and cropping the next chunk in a thread overlaps the models' work on this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops") as pool:
+        upcoming = pool.submit(prepare, todo[0][0]) if todo else None
+        for position, (chunk, key) in enumerate(tqdm(todo, desc="embed", unit="chunk", disable=not progress)):
+            chunk_issues, kept, crops = upcoming.result()
+            if position + 1 < len(todo):
+                upcoming = pool.submit(prepare, todo[position + 1][0])
+            embeddings = embed_crops(runners, crops, [refs[chunk[i]].group for i in kept])
+            np.save(chunk_dir / f"{key}.tmp.npy", embeddings)
+            write_json_atomic(chunk_dir / f"{key}.json",
+                              {"kept": kept, "issues": [vars(i) for i in chunk_issues.issues]})
+            (chunk_dir / f"{key}.tmp.npy").replace(chunk_dir / f"{key}.npy")
+
+    blocks, rows = [], []
+    for chunk, key in zip(plan, keys):
+        blocks.append(np.load(chunk_dir / f"{key}.npy"))
+        record = json.loads((chunk_dir / f"{key}.json").read_text())
+        issues.issues.extend(Issue(**entry) for entry in record["issues"])
+        rows.extend(_row(refs[chunk[i]]) for i in record["kept"])
+    dim = sum(r.dim for r in runners)
+    embeddings = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+    np.save(out_dir / "embeddings.tmp.npy", embeddings.astype(np.float32))
+    (out_dir / "embeddings.tmp.npy").replace(out_dir / "embeddings.npy")
+    offsets = np.cumsum([0] + [r.dim for r in runners]).tolist()
+    write_json_atomic(out_dir / "embeddings.json", {
+        "format": FORMAT, "dim": dim,
+        "models": [{"name": r.config.name, "config": r.config.model_dump(mode="json"), "weights": r.weights,
+                    "dim": r.dim, "offset": offsets[k]} for k, r in enumerate(runners)],
+        "rows": rows, "issues": [vars(i) for i in issues.issues]})
+    return issues
+
+
+def _row(ref: CropRef) -> dict:
+    row = ref.to_json()
+    row["item_id" if ref.kind == "image" else "video_id"] = ref.source_id
+    return row
+
+
+def load_embeddings(out_dir: Path | str) -> tuple[np.ndarray, dict]:
+    """The ``(embeddings, metadata)`` a run wrote; row i of the metadata describes embeddings[i]."""
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / "embeddings.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{out_dir}: not a {FORMAT} output")
+    return np.load(out_dir / "embeddings.npy"), meta
+
+
+def boxes_to_refs(boxes_path: Path | str, data: Dataset, issues: IssueLog) -> list[CropRef]:
+    """The detector's boxes JSON as crop refs, files resolved through the dataset.
+
+    Accepts a list of boxes or ``{"boxes": [...]}``. A box whose image or clip
+    is not in the dataset is recorded and skipped.
+    """
+    raw = json.loads(Path(boxes_path).read_text())
+    boxes = raw["boxes"] if isinstance(raw, dict) else raw
+    refs: list[CropRef] = []
+    for box in boxes:
+        kind = box.get("type", "video" if box.get("video_id") is not None else "image")
+        bbox = tuple(int(v) for v in box["bbox"])
+        path = _resolve_source(box, kind, data)
+        if path is None:
+            issues.warning(boxes_path, f"box source {box.get('file')!r} ({kind}) not in the dataset; skipped")
+            continue
+        group = box.get("aspect_group")
+        refs.append(CropRef(kind, str(box.get("item_id") if kind == "image" else box.get("video_id")), str(path),
+                            int(box["frame"]) if kind == "video" else None, bbox,
+                            int(group) if group is not None else aspect_group(bbox),
+                            int(box.get("instance_id", 0) or 0), float(box.get("score", 1.0))))
+    return refs
+
+
+def _resolve_source(box: dict, kind: str, data: Dataset) -> Path | None:
+    name = Path(str(box.get("file", ""))).name
+    if kind == "image":
+        item = data.items.get(str(box.get("item_id")))
+        for image in item.images if item else ():
+            if image.img_name == name or image.stem == Path(name).stem:
+                return image.path
+    else:
+        video = data.videos.get(str(box.get("video_id")))
+        if video is not None:
+            return video.path
+    direct = Path(str(box.get("file", "")))
+    return direct if direct.is_absolute() and direct.is_file() else None
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m metric_sub.embed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", required=True, help="embedder configs (paths or bundled names)")
+    parser.add_argument("--weights", nargs="*", default=None,
+                        help="one checkpoint per config, in order; '-' keeps a Lite config's ImageNet weights")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--boxes", type=Path, help="the detector's boxes JSON")
+    source.add_argument("--ground-truth", action="store_true", help="embed the annotated boxes (evaluation)")
+    parser.add_argument("--data", nargs="+", required=True, type=Path, help="dataset root(s)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--min-frame", type=int, default=0, help="ground truth: first clip frame used")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:k] (default: the configs' choice)")
+    parser.add_argument("--workers", type=int, default=2, help="clip-decoding threads")
+    parser.add_argument("--chunk", type=int, default=64, help="images and clips per resumable chunk")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value in every config, e.g. embed.batch_size=256")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parse_args(argv)
+    weights = args.weights or [None] * len(args.configs)
+    if len(weights) != len(args.configs):
+        raise SystemExit(f"{len(args.configs)} configs but {len(weights)} weights")
+    configs = [load_embedder_config(c, args.overrides) for c in args.configs]
+    device = pick_device(args.device or configs[0].embed.device)
+    runners = [load_runner(c, None if w in (None, "-") else w, device) for c, w in zip(configs, weights)]
+    issues = IssueLog()
+    data = load_dataset(args.data, issues)
+    if args.ground_truth:
+        refs = ground_truth_crops(data, args.min_frame, include_unlabelled=True)
+    else:
+        refs = boxes_to_refs(args.boxes, data, issues)
+    run_issues = run_embedding(runners, refs, args.out, args.chunk, args.workers)
+    issues.extend(run_issues)
+    embeddings, _ = load_embeddings(args.out)
+    print(f"{len(embeddings)} of {len(refs)} boxes embedded ({embeddings.shape[1]}-d) into {args.out}; "
+          f"{len(issues.errors)} errors, {len(issues.warnings)} warnings")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
