@@ -29,14 +29,26 @@ class ConfigError(DataError):
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set ``a.b.0.c`` in nested mappings and lists; a numeric key indexes an existing list."""
     keys = dotted.split(".")
-    node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(source, f"cannot set {dotted!r}: {key!r} is not a section", dotted)
-        node = child
-    node[keys[-1]] = value
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(source, f"cannot set {dotted!r}: {key!r} is not an index of a "
+                                          f"{len(node)}-entry list", dotted)
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(source, f"cannot set {dotted!r}: {keys[depth - 1]!r} is not a section", dotted)
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None, source: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ class Solver(StrictModel):
 class Config(StrictModel):
     name: str
     solver: Solver = Solver()
+    stages: tuple[Solver, ...] = ()
 
 
 def test_config_loads_validates_and_overrides(tmp_path: Path) -> None:
@@ -30,6 +31,12 @@ def test_config_loads_validates_and_overrides(tmp_path: Path) -> None:
         load_config(Config, path, ["solver.lr=fast"])
     with pytest.raises(ConfigError, match="not key=value"):
         load_config(Config, path, ["solver.lr"])
+    staged = load_config(Config, path, ["stages=[{lr: 1}, {lr: 2}]", "stages.1.steps=3"])
+    assert staged.stages == (Solver(lr=1), Solver(lr=2, steps=3))
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(Config, path, ["stages=[{lr: 1}]", "stages.4.lr=3"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(Config, path, ["name.x=3"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(Config, tmp_path / "missing.yaml")
 

