@@ -1,25 +1,48 @@
-"""Atomic JSON writing: a crash mid-write leaves the previous file intact."""
+"""Atomic file writing: a crash mid-write leaves the previous file intact."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path | str, data: Any, indent: int | None = None) -> Path:
-    """Write JSON to a temp file in the same folder, fsync it, then rename over ``path``."""
+def _umask() -> int:
+    """The process umask (read by setting and restoring it), so replaced files get normal permissions."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is fsynced and renamed over ``path``.
+
+    The temp file lives in the same folder so the rename is atomic on one
+    file system; on any exception it is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=indent)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_json_atomic(path: Path | str, data: Any, indent: int | None = None) -> Path:
+    """Serialise ``data`` as UTF-8 JSON into ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=indent)
+    return Path(path)

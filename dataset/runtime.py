@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dataset.jsonio import atomic_path
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -67,18 +67,10 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", warm
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> Path:
-    """``torch.save`` to a temp file and rename, so a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` atomically, so a crash never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -33,11 +33,12 @@ class Mp4Writer:
     """Streams RGB uint8 frames of one size into an mp4 file.
 
     ``gop`` is the keyframe interval; ``crf`` the H.264 quality (lower is
-    better; 23 is ffmpeg's default, live streams look like 23-30).
+    better; 23 is ffmpeg's default, live streams look like 23-30); ``preset``
+    the x264 speed/size trade-off (data generators want ``superfast``).
     """
 
     def __init__(self, path: Path | str, width: int, height: int, fps: float = 25.0,
-                 codec: str = "h264", crf: int = 23, gop: int = 50) -> None:
+                 codec: str = "h264", crf: int = 23, gop: int = 50, preset: str = "veryfast") -> None:
         if codec not in CODECS:
             raise ValueError(f"codec {codec!r}: expected one of {CODECS}")
         if width % 2 or height % 2:
@@ -53,7 +54,7 @@ class Mp4Writer:
         if exe:
             cmd = [exe, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                    "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-an", "-c:v", "libx264",
-                   "-preset", "veryfast", "-crf", str(crf), "-g", str(gop), "-pix_fmt", "yuv420p",
+                   "-preset", preset, "-crf", str(crf), "-g", str(gop), "-pix_fmt", "yuv420p",
                    "-movflags", "+faststart", str(self.path)]
             self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
@@ -95,13 +96,13 @@ class Mp4Writer:
 
 
 def write_mp4(path: Path | str, frames: Iterable[np.ndarray], fps: float = 25.0, codec: str = "h264",
-              crf: int = 23, gop: int = 50) -> Path:
+              crf: int = 23, gop: int = 50, preset: str = "veryfast") -> Path:
     """Write an iterable of equally sized RGB frames to ``path``; returns the path."""
     writer: Mp4Writer | None = None
     try:
         for frame in frames:
             if writer is None:
-                writer = Mp4Writer(path, frame.shape[1], frame.shape[0], fps, codec, crf, gop)
+                writer = Mp4Writer(path, frame.shape[1], frame.shape[0], fps, codec, crf, gop, preset)
             writer.write(frame)
     finally:
         if writer is not None:
