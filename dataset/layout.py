@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VIDEO_SUFFIXES = (".mp4",)
 
 
-def _natural_key(path: Path) -> tuple[int, int | str]:
+def natural_key(path: Path) -> tuple[int, int | str]:
     """Sort ``2.jpg`` before ``10.jpg``; non-numeric names after numeric ones."""
     stem = path.stem
     return (0, int(stem)) if re.fullmatch(r"\d+", stem) else (1, stem)
@@ -37,7 +37,7 @@ def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
         return []
     found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes
              and not p.name.startswith(".")]
-    return sorted(found, key=_natural_key)
+    return sorted(found, key=natural_key)
 
 
 def check_root(root: Path | str) -> Path:

@@ -29,3 +29,18 @@ def reference_annotations() -> Path:
     if not folder.is_dir():
         pytest.skip("../shared/data reference annotations are not present")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny generated root with tiny random-weight models, shared by the service and image tests."""
+    from support import make_tiny_setup
+
+    return make_tiny_setup(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def free_port() -> int:
+    from support import free_loopback_port
+
+    return free_loopback_port()

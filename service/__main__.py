@@ -1,0 +1,120 @@
+"""Command line: serve the API, or rebuild the gallery from a dataset root.
+
+    python -m service --data-dir DIR --config service.yaml [--host 127.0.0.1 --port 8000]
+    python -m service rebuild --data-dir DIR --root DATASET_ROOT [--config service.yaml]
+
+Both read the same settings (file, ``SHOPMATCH_*`` environment, these
+flags). A rebuild embeds every item folder and clip of the root with the
+configured models and replaces the gallery in one atomic change; run it
+while no server uses the data directory (a running server keeps serving its
+loaded generation until restarted).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dataset.errors import DataError, IssueLog
+from dataset.layout import load_dataset
+from service.errors import ApiError
+from service.logs import setup_logging
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("service")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="gallery folder (settings: data_dir)")
+    parser.add_argument("--config", type=Path, help="settings YAML (also $SHOPMATCH_CONFIG_FILE)")
+    parser.add_argument("--device", help="auto, cpu or cuda[:k]")
+
+
+async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple[int, int, list[str]]:
+    """Embed every item and clip of ``root`` and make them the whole gallery; returns counts and skips."""
+    from service.engine import Engine
+    from service.gallery import GalleryStore
+    from service.metrics import Metrics
+
+    issues = IssueLog()
+    data = load_dataset(root, issues)
+    engine = Engine(settings, Metrics())
+    store = GalleryStore(settings.data_dir, engine.dim, engine.models, str(engine.device), fresh=True)
+    skipped = [str(issue) for issue in issues.errors]
+    gate = asyncio.Semaphore(concurrency)
+    done = 0
+    total = len(data.items) + len(data.videos)
+
+    async def one(coro, name: str):
+        nonlocal done
+        async with gate:
+            try:
+                return await coro
+            except ApiError as exc:
+                skipped.append(f"{name}: {exc.message}")
+                return None
+            finally:
+                done += 1
+                if done % 20 == 0 or done == total:
+                    log.info("rebuild: %d / %d sources embedded", done, total)
+
+    try:
+        jobs = [one(engine.embed_item(item.item_id, [im.path for im in item.images], str(root / "image" /
+                                      item.item_id), strict=False), f"item {item.item_id}")
+                for item in data.items.values()]
+        jobs += [one(engine.embed_clip(video.video_id, video.path, str(video.path)), f"clip {video.video_id}")
+                 for video in data.videos.values()]
+        sources = [s for s in await asyncio.gather(*jobs) if s is not None]
+        snapshot = store.replace_all(sources)
+    finally:
+        engine.close()
+        store.close()
+    return snapshot.count("item"), snapshot.count("clip"), skipped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rebuild"]:
+        parser = argparse.ArgumentParser(prog="python -m service rebuild", description="Rebuild the gallery.")
+        _common(parser)
+        parser.add_argument("--root", type=Path, required=True, help="dataset root in the contest layout")
+        args = parser.parse_args(argv[1:])
+    else:
+        parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0])
+        _common(parser)
+        parser.add_argument("--host", help="listen address (default 127.0.0.1)")
+        parser.add_argument("--port", type=int, help="listen port (default 8000; 0 picks a free one)")
+        parser.add_argument("--root", dest="roots", type=Path, action="append",
+                            help="a data root for path requests (repeatable; settings: roots)")
+        args = parser.parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if key not in ("config", "root")}
+    try:
+        settings = load_settings(args.config, **overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    if argv[:1] == ["rebuild"]:
+        try:
+            items, clips, skipped = asyncio.run(rebuild(settings, args.root))
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for line in skipped:
+            print(f"skipped {line}")
+        print(f"gallery {settings.data_dir}: {items} items, {clips} clips; {len(skipped)} skipped")
+        return 0
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, log_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

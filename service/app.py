@@ -1,0 +1,423 @@
+"""The HTTP API: health, metrics, matching by path or upload, and gallery management.
+
+``create_app(settings)`` builds an app; the module-level ``app`` reads its
+settings from the environment (and ``$SHOPMATCH_CONFIG_FILE``) for
+``uvicorn service.app:app``. Models load at start-up; ``/readyz`` turns 200
+once they are loaded and the gallery is readable.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.batcher import Overloaded
+from service.engine import Engine
+from service.errors import ApiError, error_response, install_handlers
+from service.gallery import GalleryError, GalleryStore, Kind, SourceBoxes
+from service.logs import ACCESS, ensure_access_log
+from service.metrics import CONTENT_TYPE, Metrics
+from service.paths import media_files, resolve_request_path
+from service.settings import Settings, load_settings
+from service.uploads import BodyLimit, stage, upload_dir
+
+log = logging.getLogger(ACCESS)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SourceId = Annotated[str, Field(pattern=ID_PATTERN)]
+KIND_OF_PATH: dict[str, Kind] = {"items": "item", "clips": "clip"}
+PUBLIC_PATHS = ("/healthz", "/readyz")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FolderRequest(_Strict):
+    path: str = Field(description="a folder of shop images or a clip (or a folder holding one clip), "
+                                  "relative to a data root or absolute inside one")
+    id: SourceId | None = Field(None, description="id of the query (default: the folder name or clip file stem)")
+
+
+class Pair(BaseModel):
+    item_id: str
+    video_id: str
+    img_name: str
+    item_box: list[int]
+    frame_index: int
+    frame_box: list[int]
+    distance: float = Field(description="mean squared L2 distance of the supporting box pairs")
+    votes: int
+
+
+class CandidatePair(Pair):
+    kept: bool
+    why: str = Field(description="why a candidate was dropped (one-to-one assignment or cutoff)")
+
+
+class QueryInfo(BaseModel):
+    kind: Kind
+    id: str
+    pictures: int
+    boxes: int
+    skipped: list[str]
+
+
+class MatchResponse(BaseModel):
+    query: QueryInfo
+    match: Pair | None = Field(description="null: no match (see reason)")
+    reason: str
+    candidates: list[CandidatePair]
+    generation: int
+    seconds: float
+
+
+class EntryOut(BaseModel):
+    kind: Kind
+    id: str
+    origin: str
+    pictures: int
+    boxes: int
+    added_at: float
+
+
+class AddResponse(EntryOut):
+    replaced: bool
+    skipped: list[str]
+    generation: int
+
+
+class EntryList(BaseModel):
+    entries: list[EntryOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class Stats(BaseModel):
+    generation: int
+    items: int
+    clips: int
+    item_boxes: int
+    clip_boxes: int
+    dim: int
+    data_dir: str
+    models: dict[str, Any]
+
+
+class Service:
+    """What the routes share: settings, metrics, and once started the engine and the gallery."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.store: GalleryStore | None = None
+        self.problem: str | None = "starting"
+
+    def start(self) -> None:
+        self.engine = Engine(self.settings, self.metrics)
+        try:
+            self.store = GalleryStore(self.settings.data_dir, self.engine.dim, self.engine.models,
+                                      str(self.engine.device))
+            self.problem = None
+        except GalleryError as exc:
+            self.problem = str(exc)
+            logging.getLogger(__name__).error("gallery unusable: %s", exc)
+        self.metrics.gauge("shopmatch_gallery_entries", "Indexed items and clips.", self._entries, ("kind",))
+        self.metrics.gauge("shopmatch_gallery_vectors", "Indexed box vectors.", self._vectors, ("kind",))
+        self.metrics.gauge("shopmatch_requests_in_progress", "Requests admitted to model work.",
+                           lambda: {(): self.engine.admission.active if self.engine else 0})
+        self.metrics.gauge("shopmatch_batch_queue_depth", "Jobs waiting for a model call.",
+                           lambda: {(b.name,): b.depth for b in self._batchers()}, ("model",))
+
+    def _batchers(self) -> list:
+        return [self.engine.detect_batcher, self.engine.embed_batcher] if self.engine else []
+
+    def _entries(self) -> dict[tuple[str, ...], float]:
+        snap = self.store.snapshot if self.store else None
+        return {(k,): snap.count(k) if snap else 0 for k in ("item", "clip")}
+
+    def _vectors(self) -> dict[tuple[str, ...], float]:
+        snap = self.store.snapshot if self.store else None
+        return {(k,): len(snap.sides[k]) if snap else 0 for k in ("item", "clip")}
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        if self.store is not None:
+            self.store.close()
+
+    def ready(self) -> tuple[Engine, GalleryStore]:
+        if self.problem is not None or self.engine is None or self.store is None:
+            raise ApiError(503, "not_ready", self.problem or "starting", {"Retry-After": "5"})
+        return self.engine, self.store
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+async def _embed(engine: Engine, kind: Kind, source_id: str, files: list[Path], origin: str,
+                 strict: bool) -> SourceBoxes:
+    if kind == "clip":
+        return await engine.embed_clip(source_id, files[0], origin)
+    return await engine.embed_item(source_id, files, origin, strict)
+
+
+def _default_id(kind: Kind, files: list[Path], folder: Path | None) -> str:
+    return files[0].stem if kind == "clip" or folder is None else folder.name
+
+
+async def _match(service: Service, kind: Kind, source_id: str, files: list[Path], origin: str,
+                 strict: bool) -> MatchResponse:
+    engine, store = service.ready()
+    started = time.perf_counter()
+    with engine.admission.slot():
+        query = await _embed(engine, kind, source_id, files, origin, strict)
+        snapshot = store.snapshot
+        answer = await run_in_threadpool(engine.match, query, snapshot)
+    info = QueryInfo(kind=kind, id=source_id, pictures=query.pictures, boxes=len(query.boxes),
+                     skipped=query.skipped)
+    return MatchResponse(query=info, generation=snapshot.generation,
+                         seconds=round(time.perf_counter() - started, 4), **answer)
+
+
+async def _add(service: Service, kind: Kind, source_id: str, files: list[Path], origin: str,
+               strict: bool) -> JSONResponse:
+    engine, store = service.ready()
+    with engine.admission.slot():
+        source = await _embed(engine, kind, source_id, files, origin, strict)
+    replaced = (kind, source_id) in store.snapshot.entries
+    snapshot = await run_in_threadpool(store.put, [source])
+    entry = snapshot.entries[(kind, source_id)]
+    body = AddResponse(**entry.to_json(), replaced=replaced, skipped=source.skipped, generation=snapshot.generation)
+    return JSONResponse(body.model_dump(), status_code=200 if replaced else 201)
+
+
+def _upload_id(given: str | None, kind: Kind, files: list[Path], required: bool) -> str:
+    if given:
+        if not re.fullmatch(ID_PATTERN, given):
+            raise ApiError(422, "invalid_id", f"id {given!r} must match {ID_PATTERN}")
+        return given
+    if kind == "item" and required:
+        raise ApiError(422, "id_required", "shop images need an item id in the 'id' form field")
+    return files[0].stem if kind == "clip" else "upload"
+
+
+def _router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> dict[str, Any]:
+        """Models loaded and the gallery readable; 503 with the reason otherwise."""
+        service = _service(request)
+        engine, store = service.ready()
+        snap = store.snapshot
+        return {"status": "ready", "generation": snap.generation, "items": snap.count("item"),
+                "clips": snap.count("clip"), **engine.describe()}
+
+    @router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format: requests, latencies, errors, gallery size, batch sizes."""
+        return PlainTextResponse(_service(request).metrics.render(), media_type=CONTENT_TYPE)
+
+    @router.post("/v1/match/folder", response_model=MatchResponse, tags=["match"])
+    async def match_folder(body: FolderRequest, request: Request) -> MatchResponse:
+        """Which item does this clip sell, or where is this item in the indexed clips? The query is a path."""
+        service = _service(request)
+        path = resolve_request_path(body.path, service.settings.roots)
+        kind, files = media_files(path, service.settings.roots)
+        source_id = body.id or _default_id(kind, files, path if path.is_dir() else None)
+        return await _match(service, kind, source_id, files, str(path), strict=False)
+
+    @router.post("/v1/match", response_model=MatchResponse, tags=["match"])
+    async def match_upload(request: Request, files: Annotated[list[UploadFile], File()],
+                           id: Annotated[str | None, Form()] = None) -> MatchResponse:
+        """The same as ``/v1/match/folder`` with uploaded files: one MP4 clip, or JPEG/PNG shop images."""
+        service = _service(request)
+        with upload_dir() as folder:
+            kind, paths = await stage(files, Path(folder))
+            source_id = _upload_id(id, kind, paths, required=False)
+            return await _match(service, kind, source_id, paths, "upload", strict=True)
+
+    @router.post("/v1/gallery", response_model=AddResponse, status_code=201, tags=["gallery"],
+                 responses={200: {"description": "an entry with this kind and id was replaced"}})
+    async def add_path(body: FolderRequest, request: Request) -> JSONResponse:
+        """Index an item folder or a clip found at a path inside the data roots."""
+        service = _service(request)
+        path = resolve_request_path(body.path, service.settings.roots)
+        kind, files = media_files(path, service.settings.roots)
+        source_id = body.id or _default_id(kind, files, path if path.is_dir() else None)
+        return await _add(service, kind, source_id, files, str(path), strict=False)
+
+    @router.post("/v1/gallery/upload", response_model=AddResponse, status_code=201, tags=["gallery"])
+    async def add_upload(request: Request, files: Annotated[list[UploadFile], File()],
+                         id: Annotated[str | None, Form()] = None) -> JSONResponse:
+        """Index uploaded shop images (``id`` required) or one clip (``id`` defaults to the file stem)."""
+        service = _service(request)
+        with upload_dir() as folder:
+            kind, paths = await stage(files, Path(folder))
+            source_id = _upload_id(id, kind, paths, required=True)
+            return await _add(service, kind, source_id, paths, "upload", strict=True)
+
+    @router.get("/v1/gallery", response_model=EntryList, tags=["gallery"])
+    async def list_entries(request: Request, kind: Literal["items", "clips"] | None = None,
+                           offset: Annotated[int, Query(ge=0)] = 0,
+                           limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> EntryList:
+        """Indexed entries, ordered by kind and id."""
+        _, store = _service(request).ready()
+        entries = sorted(store.snapshot.entries.values(), key=lambda e: (e.kind, e.source_id))
+        if kind is not None:
+            entries = [e for e in entries if e.kind == KIND_OF_PATH[kind]]
+        page = [EntryOut(**e.to_json()) for e in entries[offset:offset + limit]]
+        return EntryList(entries=page, total=len(entries), offset=offset, limit=limit)
+
+    @router.get("/v1/gallery/stats", response_model=Stats, tags=["gallery"])
+    async def stats(request: Request) -> Stats:
+        engine, store = _service(request).ready()
+        snap = store.snapshot
+        return Stats(generation=snap.generation, items=snap.count("item"), clips=snap.count("clip"),
+                     item_boxes=len(snap.sides["item"]), clip_boxes=len(snap.sides["clip"]), dim=snap.dim,
+                     data_dir=str(store.data_dir), models=engine.models)
+
+    @router.get("/v1/gallery/{kind}/{source_id}", response_model=EntryOut, tags=["gallery"])
+    async def get_entry(request: Request, kind: Literal["items", "clips"], source_id: str) -> EntryOut:
+        _, store = _service(request).ready()
+        entry = store.snapshot.entries.get((KIND_OF_PATH[kind], source_id))
+        if entry is None:
+            raise ApiError(404, "not_found", f"no {KIND_OF_PATH[kind]} {source_id!r} in the gallery")
+        return EntryOut(**entry.to_json())
+
+    @router.delete("/v1/gallery/{kind}/{source_id}", response_model=EntryOut, tags=["gallery"])
+    async def delete_entry(request: Request, kind: Literal["items", "clips"], source_id: str) -> EntryOut:
+        _, store = _service(request).ready()
+        try:
+            entry = await run_in_threadpool(store.delete, KIND_OF_PATH[kind], source_id)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no {KIND_OF_PATH[kind]} {source_id!r} in the gallery") from None
+        return EntryOut(**entry.to_json())
+
+    return router
+
+
+class RequestLog:
+    """Outermost middleware: one JSON log line and the request metrics per request, a request id header."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            code = (scope.get("state") or {}).get("error_code")
+            metrics = self.service.metrics
+            metrics.requests.inc(route, scope["method"], str(status))
+            metrics.latency.observe(seconds, route)
+            if status >= 400:
+                metrics.errors.inc(route, code or str(status))
+            outcome = "ok" if status < 400 else "rejected" if status == 503 else \
+                "client_error" if status < 500 else "server_error"
+            log.info(json.dumps({"ts": round(time.time(), 3), "event": "request", "request_id": request_id,
+                                 "method": scope["method"], "route": route, "path": scope["path"],
+                                 "status": status, "outcome": outcome, "error": code,
+                                 "latency_ms": round(seconds * 1000, 2),
+                                 "client": (scope.get("client") or ("-",))[0]}))
+
+
+class ApiKey:
+    """Every route but the health checks needs the configured key: 401 without it, 403 with a wrong one."""
+
+    def __init__(self, app: ASGIApp, key: str, header: str) -> None:
+        self.app = app
+        self.key = key.encode()
+        self.header = header.lower().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(self.header)
+        if given is None or not hmac.compare_digest(given, self.key):
+            status, code = (401, "unauthorized") if given is None else (403, "forbidden")
+            scope.setdefault("state", {})["error_code"] = code
+            message = f"missing {self.header.decode()} header" if given is None else "wrong API key"
+            await error_response(status, code, message, {"WWW-Authenticate": "ApiKey"})(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    ensure_access_log()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="shopmatch", version="1", lifespan=lifespan,
+                  description="Which shop item is a live-stream clip selling? Matching over a persistent gallery.")
+    app.state.service = service
+    install_handlers(app)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        request.state.error_code = "overloaded"
+        return error_response(503, "overloaded", f"server busy: {exc}; retry later",
+                              {"Retry-After": str(settings.batching.retry_after_s)})
+
+    app.include_router(_router())
+    app.add_middleware(BodyLimit, limit=settings.limits.max_upload_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value(), header=settings.api_key_header)
+    app.add_middleware(RequestLog, service=service)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``service.app:app`` is built on first access, so importing this module loads no models."""
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)

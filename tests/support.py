@@ -1,0 +1,57 @@
+"""Helpers shared by test modules: a free loopback port, and a tiny dataset with tiny model checkpoints.
+
+The tiny models have fixed random weights and score thresholds at 0, so every
+picture yields boxes: tests built on them check plumbing (the same answer from
+every entry point, resumes, refusals), not accuracy.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import torch
+import yaml
+
+from bbox_sub.config import CONFIG_DIR as DETECTOR_CONFIGS, load_detector_config
+from bbox_sub.model import build_detector
+from dataset.runtime import save_checkpoint
+from dataset.synth import generate
+from dataset.synth.config import SynthConfig
+from metric_sub.config import CONFIG_DIR as EMBEDDER_CONFIGS, load_embedder_config
+from metric_sub.model import build_embedder
+
+UPLOAD_LIMIT = 1_000_000
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_setup(base: Path) -> dict[str, Path]:
+    """A 4-item generated root, tiny detector and embedder configs + checkpoints, and a service settings file."""
+    root = base / "data"
+    generate(root, SynthConfig(items=4, seed=3, shop_size=128, shop_images_min=2, shop_images_max=2,
+                               clip_frames=61, clip_width=128, clip_height=224, uncatalogued_share=0.0,
+                               absent_start_share=0.0, clutter=1), workers=1, contact_sheet=False)
+    detector = yaml.safe_load((DETECTOR_CONFIGS / "tiny.yaml").read_text())
+    detector["model"].update(detections_per_img=4, box_score_thresh=0.0)
+    detector["infer"].update(image_score_thresh=0.0, video_score_thresh=0.0, frames=[0, 20, 40, 60],
+                             image_short_side=128, video_short_side=128)
+    (base / "detector.yaml").write_text(yaml.safe_dump(detector))
+    embedder = yaml.safe_load((EMBEDDER_CONFIGS / "tiny.yaml").read_text())
+    embedder["data"]["bucket_scale"] = 0.2
+    (base / "embedder.yaml").write_text(yaml.safe_dump(embedder))
+    torch.manual_seed(0)
+    save_checkpoint(base / "detector.pth",
+                    {"model": build_detector(load_detector_config(base / "detector.yaml").model).state_dict()})
+    save_checkpoint(base / "embedder.pth",
+                    {"model": build_embedder(load_embedder_config(base / "embedder.yaml")).state_dict()})
+    settings = {"detector": {"config": str(base / "detector.yaml"), "weights": str(base / "detector.pth")},
+                "embedders": [{"config": str(base / "embedder.yaml"), "weights": str(base / "embedder.pth")}],
+                "roots": [str(root)], "device": "cpu", "limits": {"max_upload_bytes": UPLOAD_LIMIT}}
+    (base / "service.yaml").write_text(yaml.safe_dump(settings))
+    return {"base": base, "root": root, "service_config": base / "service.yaml",
+            "detector_config": base / "detector.yaml", "detector_weights": base / "detector.pth",
+            "embedder_config": base / "embedder.yaml", "embedder_weights": base / "embedder.pth"}

@@ -1,0 +1,238 @@
+"""The REST service end to end: a real uvicorn server on 127.0.0.1, started here, on a generated dataset.
+
+The models are the tiny configs with fixed random weights (and thresholds
+at 0 so every picture yields boxes): what is tested is that the service
+gives the batch pipeline's answer with the same weights, refuses bad input
+with the right codes and keeps its gallery across restarts and crashes, not
+the models' accuracy.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from support import UPLOAD_LIMIT, free_loopback_port
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def setup(tiny_setup: dict[str, Path]) -> dict[str, Path]:
+    """The shared tiny dataset and models, plus a folder outside the root and links escaping into it."""
+    base, root = tiny_setup["base"], tiny_setup["root"]
+    outside = base / "outside"
+    outside.mkdir()
+    (outside / "0.jpg").write_bytes((root / "image" / "000001" / "0.jpg").read_bytes())
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    (root / "linked").mkdir()
+    (root / "linked" / "0.jpg").symlink_to(outside / "0.jpg")
+    return {**tiny_setup, "config": tiny_setup["service_config"]}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+class Server:
+    """``python -m service`` in a subprocess on a free loopback port."""
+
+    def __init__(self, config: Path, data_dir: Path, log: Path) -> None:
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--config", str(config), "--data-dir", str(data_dir),
+             "--port", str(self.port)], cwd=REPO, env=_env(), stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"server did not get ready:\n{log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def gallery(setup: dict[str, Path]) -> Path:
+    """A gallery rebuilt from the whole dataset root with one command."""
+    data_dir = setup["base"] / "gallery"
+    done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(setup["config"]),
+                           "--data-dir", str(data_dir), "--root", str(setup["root"])],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 items, 4 clips" in done.stdout
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def server(setup: dict[str, Path], gallery: Path) -> Iterator[Server]:
+    running = Server(setup["config"], gallery, setup["base"] / "server.log")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline_result(setup: dict[str, Path]) -> dict[str, dict]:
+    """What the batch pipeline (run.sh) writes for the same root and weights."""
+    from metric_sub.pipeline import run_pipeline
+
+    base = setup["base"]
+    result = run_pipeline([setup["root"]], base / "run", detector=(str(base / "detector.yaml"),
+                                                                   str(base / "detector.pth")),
+                          embedders=[(str(base / "embedder.yaml"), str(base / "embedder.pth"))], device="cpu",
+                          report=False, progress=False)
+    return result.result
+
+
+def _folder(server: Server, path: str, **extra: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/match/folder", json={"path": path, **extra}, timeout=120)
+
+
+def _upload(server: Server, files: list[Path], route: str = "/v1/match", **data: str) -> httpx.Response:
+    handles = [("files", (f.name, f.read_bytes())) for f in files]
+    return httpx.post(f"{server.url}{route}", files=handles, data=data, timeout=120)
+
+
+def test_match_by_folder_and_upload_give_the_pipeline_answer(server: Server, setup: dict[str, Path],
+                                                             pipeline_result: dict[str, dict]) -> None:
+    root = setup["root"]
+    for clip in sorted((root / "video").glob("*.mp4")):
+        by_path = _folder(server, f"video/{clip.name}")
+        by_upload = _upload(server, [clip])
+        assert by_path.status_code == by_upload.status_code == 200, (by_path.text, by_upload.text)
+        a, b = by_path.json(), by_upload.json()
+        assert a["query"] == {**b["query"], "id": clip.stem} and a["match"] == b["match"]
+        expected = pipeline_result.get(clip.stem)
+        got = a["match"]
+        assert (got and got["item_id"]) == (expected and expected["item_id"]), (clip.stem, a, expected)
+        if got:
+            assert [got["frame_index"], got["img_name"]] == [expected["frame_index"],
+                                                              expected["result"][0]["img_name"]]
+    item_of_clip = {v: e["item_id"] for v, e in pipeline_result.items()}
+    for folder in sorted(p for p in (root / "image").iterdir() if p.is_dir()):
+        images = sorted(folder.iterdir())
+        by_path = _folder(server, f"image/{folder.name}")
+        by_upload = _upload(server, images, id=folder.name)
+        assert by_path.status_code == by_upload.status_code == 200, (by_path.text, by_upload.text)
+        got = by_path.json()["match"]
+        assert got == by_upload.json()["match"]
+        expected = [v for v, item in item_of_clip.items() if item == folder.name]
+        assert ([got["video_id"]] if got else []) == expected, (folder.name, by_path.json())
+
+
+def test_refusals_have_the_right_codes(server: Server, setup: dict[str, Path]) -> None:
+    base = setup["base"]
+    assert _folder(server, "image/../image/000001").status_code == 403
+    assert _folder(server, "/etc").status_code == 403
+    assert _folder(server, str(base / "outside")).status_code == 403
+    assert _folder(server, "escape").status_code == 403
+    assert _folder(server, "linked").status_code == 403  # its 0.jpg links outside the root
+    missing = _folder(server, "image/999999")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    (base / "notes.txt").write_text("hello")
+    assert _upload(server, [base / "notes.txt"]).status_code == 415
+    (base / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 200)
+    corrupt = _upload(server, [base / "broken.jpg"])
+    assert corrupt.status_code == 422 and corrupt.json()["error"]["code"] == "corrupt_file"
+    (base / "big.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * (UPLOAD_LIMIT + 10))
+    assert _upload(server, [base / "big.jpg"]).status_code == 413
+    assert httpx.delete(f"{server.url}/v1/gallery/items/999999").status_code == 404
+    assert httpx.post(f"{server.url}/v1/match/folder", json={"nope": 1}).status_code == 422
+    assert _upload(server, [base / "broken.jpg"], route="/v1/gallery/upload").status_code == 422  # no id
+
+
+def test_api_key_is_required_except_for_health(setup: dict[str, Path], gallery: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    settings = load_settings(setup["config"], data_dir=gallery, api_key="s3cret")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/gallery/stats").status_code == 401
+        assert client.get("/metrics", headers={"X-API-Key": "wrong"}).status_code == 403
+        assert client.get("/v1/gallery/stats", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def _entries(url: str) -> list[dict]:
+    return httpx.get(f"{url}/v1/gallery", params={"limit": 1000}).json()["entries"]
+
+
+def test_gallery_changes_survive_restart(setup: dict[str, Path]) -> None:
+    base, root = setup["base"], setup["root"]
+    server = Server(setup["config"], base / "restart", base / "restart.log")
+    try:
+        added = _upload(server, sorted((root / "image" / "000001").glob("*.jpg")), "/v1/gallery/upload",
+                        id="000001")
+        assert added.status_code == 201, added.text
+        assert _upload(server, [root / "video" / "000002.mp4"], "/v1/gallery/upload").status_code == 201
+        assert httpx.post(f"{server.url}/v1/gallery", json={"path": "video/000003.mp4"}).status_code == 201
+        assert httpx.delete(f"{server.url}/v1/gallery/clips/000003").status_code == 200
+        before = _entries(server.url)
+        stats = httpx.get(f"{server.url}/v1/gallery/stats").json()
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'shopmatch_gallery_entries{kind="clip"} 1' in metrics
+        assert 'shopmatch_model_batch_size_count{model="embedder"}' in metrics
+    finally:
+        server.stop()
+    assert [(e["kind"], e["id"]) for e in before] == [("clip", "000002"), ("item", "000001")]
+    server = Server(setup["config"], base / "restart", base / "restart.log")
+    try:
+        assert _entries(server.url) == before
+        assert httpx.get(f"{server.url}/v1/gallery/stats").json() == stats
+    finally:
+        server.stop()
+
+
+def test_server_killed_during_add_restarts_consistent(setup: dict[str, Path], gallery: Path) -> None:
+    base, root = setup["base"], setup["root"]
+    data_dir = base / "killed"
+    data_dir.mkdir()
+    for file in gallery.iterdir():
+        (data_dir / file.name).write_bytes(file.read_bytes())
+    server = Server(setup["config"], data_dir, base / "killed.log")
+    before = _entries(server.url)
+    outcomes: list[object] = []
+
+    def add() -> None:
+        try:
+            outcomes.append(_upload(server, [root / "video" / "000001.mp4"], "/v1/gallery/upload", id="new1"))
+        except httpx.TransportError as exc:
+            outcomes.append(exc)
+
+    thread = threading.Thread(target=add)
+    thread.start()
+    time.sleep(0.15)
+    server.stop(signal.SIGKILL)
+    thread.join(timeout=60)
+    server = Server(setup["config"], data_dir, base / "killed.log")
+    try:
+        after = _entries(server.url)
+        stats = httpx.get(f"{server.url}/v1/gallery/stats").json()
+        assert after in (before, sorted(before + [e for e in after if e["id"] == "new1"],
+                                        key=lambda e: (e["kind"], e["id"])))
+        assert stats["clip_boxes"] == sum(e["boxes"] for e in after if e["kind"] == "clip")
+        assert stats["item_boxes"] == sum(e["boxes"] for e in after if e["kind"] == "item")
+        assert len(list(data_dir.glob("index-*.faiss*"))) == 1
+        assert _folder(server, "video/000002.mp4").status_code == 200
+    finally:
+        server.stop()

@@ -1,0 +1,118 @@
+"""Service parts without models: gallery crash safety, micro-batching, path confinement, metrics text."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.batcher import MicroBatcher, Overloaded
+from service.errors import ApiError
+from service.gallery import GalleryStore, SourceBoxes
+from service.metrics import Metrics
+from service.paths import resolve_request_path
+
+REPO = Path(__file__).resolve().parents[1]
+DIM = 8
+MODELS = {"test": 1}
+
+
+def _source(kind: str, source_id: str, boxes: int, seed: int) -> SourceBoxes:
+    vectors = np.random.default_rng(seed).normal(size=(boxes, DIM)).astype(np.float32)
+    frame = -1 if kind == "item" else 40
+    return SourceBoxes(kind, source_id, "test", vectors, ["0" if kind == "item" else ""] * boxes, [frame] * boxes,
+                       [(0, 0, 10, 10)] * boxes, [0.9] * boxes, [0] * boxes, 1)
+
+
+CRASH = """
+import os, sys
+import numpy as np
+sys.path.insert(0, {repo!r})
+from tests.test_service_units import _source, DIM, MODELS
+from service.gallery import GalleryStore
+store = GalleryStore({folder!r}, DIM, MODELS)
+def crash(*args, **kwargs):
+    os._exit(9)  # dies after the new index file is written, before the metadata commit
+store._commit = crash
+store.put([_source("clip", "c9", 3, 9)])
+"""
+
+
+def test_a_crash_between_index_write_and_commit_keeps_the_previous_gallery(tmp_path: Path) -> None:
+    store = GalleryStore(tmp_path, DIM, MODELS)
+    store.put([_source("item", "i1", 2, 1), _source("clip", "c1", 3, 2)])
+    store.delete("item", "i1")
+    store.put([_source("item", "i2", 4, 3)])
+    before = {k: v.boxes for k, v in store.snapshot.entries.items()}
+    vectors = store.snapshot.sides["clip"].index.vectors.copy()
+    store.close()
+    done = subprocess.run([sys.executable, "-c", CRASH.format(repo=str(REPO), folder=str(tmp_path))],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    assert len(list(tmp_path.glob("index-*.faiss"))) == 2  # the orphan of the crashed change is still there
+    reopened = GalleryStore(tmp_path, DIM, MODELS)
+    assert {k: v.boxes for k, v in reopened.snapshot.entries.items()} == before
+    np.testing.assert_array_equal(reopened.snapshot.sides["clip"].index.vectors, vectors)
+    assert len(list(tmp_path.glob("index-*.faiss"))) == 1
+    with pytest.raises(KeyError):
+        reopened.delete("item", "i1")
+
+
+def test_other_models_are_refused_and_a_fresh_store_replaces_all(tmp_path: Path) -> None:
+    GalleryStore(tmp_path, DIM, MODELS).put([_source("item", "i1", 2, 1)])
+    with pytest.raises(Exception, match="other models"):
+        GalleryStore(tmp_path, DIM, {"other": 2})
+    fresh = GalleryStore(tmp_path, DIM, {"other": 2}, fresh=True)
+    fresh.replace_all([_source("clip", "c1", 1, 1)])
+    assert list(GalleryStore(tmp_path, DIM, {"other": 2}).snapshot.entries) == [("clip", "c1")]
+
+
+def test_concurrent_jobs_share_one_call_and_a_full_queue_refuses() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def model(_key: object, items: list[int]) -> list[int]:
+        gate.wait(5)
+        calls.append(len(items))
+        return [i * 10 for i in items]
+
+    batcher = MicroBatcher("test", model, max_items=100, max_wait_s=0.2, max_jobs=3)
+    try:
+        futures = [batcher.submit("k", [n, n + 1]) for n in (0, 2, 4)]
+        with pytest.raises(Overloaded):
+            batcher.submit("k", [9])
+        gate.set()
+        assert [f.result(5) for f in futures] == [[0, 10], [20, 30], [40, 50]]
+        assert calls == [6]
+    finally:
+        batcher.close()
+
+
+def test_paths_are_confined_to_the_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "image" / "1").mkdir(parents=True)
+    (root / "up").symlink_to(tmp_path)
+    assert resolve_request_path("image/1", [root]) == (root / "image" / "1").resolve()
+    assert resolve_request_path(str(root / "image"), [root]) == (root / "image").resolve()
+    for raw, status in (("../x", 403), ("image/../../x", 403), ("/etc", 403), ("up", 403), ("image/2", 404),
+                        ("", 422)):
+        with pytest.raises(ApiError) as caught:
+            resolve_request_path(raw, [root])
+        assert caught.value.status == status, raw
+
+
+def test_metrics_text_follows_the_exposition_format() -> None:
+    metrics = Metrics()
+    metrics.requests.inc("/v1/match", "POST", "200")
+    metrics.latency.observe(0.03, "/v1/match")
+    metrics.gauge("shopmatch_gallery_entries", "Entries.", lambda: {("item",): 3}, ("kind",))
+    text = metrics.render()
+    assert 'shopmatch_requests_total{route="/v1/match",method="POST",status="200"} 1\n' in text
+    assert 'shopmatch_request_duration_seconds_bucket{route="/v1/match",le="0.025"} 0\n' in text
+    assert 'shopmatch_request_duration_seconds_bucket{route="/v1/match",le="0.05"} 1\n' in text
+    assert 'shopmatch_request_duration_seconds_bucket{route="/v1/match",le="+Inf"} 1\n' in text
+    assert 'shopmatch_gallery_entries{kind="item"} 3\n' in text
+    assert "# TYPE shopmatch_request_duration_seconds histogram" in text
