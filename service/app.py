@@ -182,6 +182,13 @@ def _default_id(kind: Kind, files: list[Path], folder: Path | None) -> str:
     return files[0].stem if kind == "clip" or folder is None else folder.name
 
 
+def _path_source(service: Service, body: FolderRequest) -> tuple[Kind, str, list[Path], Path]:
+    """Confine a requested path to the roots and name what it holds: kind, id, media files, resolved path."""
+    path = resolve_request_path(body.path, service.settings.roots)
+    kind, files = media_files(path, service.settings.roots)
+    return kind, body.id or _default_id(kind, files, path if path.is_dir() else None), files, path
+
+
 async def _match(service: Service, kind: Kind, source_id: str, files: list[Path], origin: str,
                  strict: bool) -> MatchResponse:
     engine, store = service.ready()
@@ -244,9 +251,7 @@ def _router() -> APIRouter:
     async def match_folder(body: FolderRequest, request: Request) -> MatchResponse:
         """Which item does this clip sell, or where is this item in the indexed clips? The query is a path."""
         service = _service(request)
-        path = resolve_request_path(body.path, service.settings.roots)
-        kind, files = media_files(path, service.settings.roots)
-        source_id = body.id or _default_id(kind, files, path if path.is_dir() else None)
+        kind, source_id, files, path = _path_source(service, body)
         return await _match(service, kind, source_id, files, str(path), strict=False)
 
     @router.post("/v1/match", response_model=MatchResponse, tags=["match"])
@@ -264,9 +269,7 @@ def _router() -> APIRouter:
     async def add_path(body: FolderRequest, request: Request) -> JSONResponse:
         """Index an item folder or a clip found at a path inside the data roots."""
         service = _service(request)
-        path = resolve_request_path(body.path, service.settings.roots)
-        kind, files = media_files(path, service.settings.roots)
-        source_id = body.id or _default_id(kind, files, path if path.is_dir() else None)
+        kind, source_id, files, path = _path_source(service, body)
         return await _add(service, kind, source_id, files, str(path), strict=False)
 
     @router.post("/v1/gallery/upload", response_model=AddResponse, status_code=201, tags=["gallery"])
