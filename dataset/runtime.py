@@ -21,12 +21,19 @@ from dataset.jsonio import atomic_path
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; an explicit name is honoured or fails clearly."""
+    """``auto`` is CUDA when available, else CPU; an explicit name is honoured or fails clearly.
+
+    Choosing the CPU also turns on flushing of denormal floats: as freshly
+    initialised weights shrink during training, denormal arithmetic slowed
+    the CPU steps of a small detector four- to tenfold.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
     return device
 
 

@@ -1,0 +1,108 @@
+"""End-to-end throughput and score of the pipeline: clips/s, time per stage, contest score, per configuration.
+
+``python -m bench.e2e [--setups tiny light seed] [--data ROOT | --items 10] [--device auto]
+[--weights SETUP DETECTOR EMBEDDER[,EMBEDDER...]]``
+
+Setups: ``tiny`` (tiny detector + tiny embedder), ``demo`` (tiny detector +
+Lite0, what ``metric_sub.demo`` trains), ``light`` (Lite2 detector +
+Lite0/1/2 ensemble), ``seed`` (VoVNet-99 detector + the seed's four
+EfficientNets). A setup without ``--weights`` runs with untrained detector
+weights (and ImageNet weights for the Lite embedders): its timing is real,
+its score is not, and the table says ``trained: no``. Each run starts from an
+empty output folder, so every stage is timed cold. Results go to
+``bench/results/e2e.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from bbox_sub.config import load_detector_config
+from bbox_sub.model import build_detector
+from bench.common import print_table, write_result
+from dataset.layout import load_dataset
+from dataset.runtime import pick_device, save_checkpoint
+from dataset.synth import SynthConfig, generate
+from metric_sub.config import load_embedder_config
+from metric_sub.model import build_embedder
+from metric_sub.pipeline import run_pipeline
+
+SETUPS = {
+    "tiny": ("tiny", ["tiny"]),
+    "demo": ("tiny", ["lite0"]),
+    "light": ("lite2", ["lite0", "lite1", "lite2"]),
+    "seed": ("seed_vovnet99", ["seed_b5a", "seed_b5b", "seed_b6", "seed_b7"]),
+}
+RESULT = Path(__file__).resolve().parent / "results" / "e2e.json"
+
+
+def untrained_weights(folder: Path, detector: str, embedders: list[str]) -> tuple[Path, list[Path | None]]:
+    """Initial weights saved as checkpoints, for timing setups that have no trained models here."""
+    torch.manual_seed(0)
+    det = save_checkpoint(folder / f"{detector}.pth",
+                          {"model": build_detector(load_detector_config(detector).model).state_dict()})
+    emb: list[Path | None] = []
+    for name in embedders:
+        config = load_embedder_config(name)
+        if config.model.init == "random":
+            emb.append(save_checkpoint(folder / f"{name}.pt", {"model": build_embedder(config).state_dict()}))
+        else:
+            emb.append(None)
+    return det, emb
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["tiny"])
+    parser.add_argument("--data", type=Path, help="an annotated test root (default: generate one)")
+    parser.add_argument("--items", type=int, default=10, help="items of the generated test root")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", nargs=3, action="append", default=[], metavar=("SETUP", "DETECTOR", "EMBEDDERS"),
+                        help="trained weights of a setup: detector checkpoint, comma-separated embedder checkpoints "
+                             "('-' keeps ImageNet weights)")
+    parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--embedder-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value in every embedder config (e.g. data.bucket_scale=0.5)")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    trained = {setup: (Path(det), [None if w == "-" else Path(w) for w in embs.split(",")])
+               for setup, det, embs in args.weights}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
+        work = Path(tmp)
+        data = args.data
+        if data is None:
+            data = work / "data"
+            generate(data, replace(SynthConfig(), items=args.items, seed=7, first_id=90_001), contact_sheet=False)
+        clips = len(load_dataset(data).videos)
+        for setup in args.setups:
+            detector, embedders = SETUPS[setup]
+            weights = trained.get(setup) or untrained_weights(work / "weights", detector, embedders)
+            out = work / f"run_{setup}"
+            shutil.rmtree(out, ignore_errors=True)
+            det_cfg = load_detector_config(detector, args.detector_set)
+            emb_cfgs = [load_embedder_config(name, args.embedder_set) for name in embedders]
+            result = run_pipeline(data, out, (det_cfg, weights[0]), list(zip(emb_cfgs, weights[1])),
+                                  device=str(device), report=False)
+            seconds = result.stage_seconds
+            total = seconds["detect"] + seconds["embed"] + seconds["match"]
+            rows.append({"setup": setup, "device": str(device), "trained": setup in trained, "clips": clips,
+                         "detect_s": seconds["detect"], "embed_s": seconds["embed"], "match_s": seconds["match"],
+                         "clips_per_s": clips / total if total else None, "matched": len(result.result),
+                         "score": result.score["final"] if result.score else None})
+    columns = ["setup", "device", "trained", "clips", "detect_s", "embed_s", "match_s", "clips_per_s", "matched",
+               "score"]
+    print_table(rows, columns)
+    write_result(args.out, "e2e", rows, {"data": str(args.data or f"synthetic, {args.items} items, defaults"),
+                                         "detector_set": args.detector_set, "embedder_set": args.embedder_set,
+                                         "weights": args.weights})
+
+
+if __name__ == "__main__":
+    main()

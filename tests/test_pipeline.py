@@ -1,0 +1,183 @@
+"""The whole pipeline on generated data: valid result.json, resume after a kill, corrupt clips, the score.
+
+One session-wide set of inputs (a train and a disjoint test root, the tiny
+detector trained for a few steps) serves every test here and in
+``test_report.py``. The embedder is EfficientNet-Lite0 with its ImageNet
+weights: a tiny embedder trained for a few steps maps every crop to nearly
+the same vector, and the voting rules then (rightly) abstain everywhere,
+which would leave nothing to compare. A detector trained for two steps
+proposes poor boxes, so its runs check the plumbing; the score is checked
+with annotated boxes (matching only), where chance is at most 1/items.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bbox_sub.config import DetectorConfig, load_detector_config
+from bbox_sub.train import train as train_detector
+from dataset.layout import load_dataset
+from dataset.score import load_result
+from dataset.synth import SynthConfig, generate
+from metric_sub.pipeline import PipelineResult, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+ITEMS = 6
+DETECTOR_SET = ["infer.image_score_thresh=0.0", "infer.video_score_thresh=0.0", "model.detections_per_img=3",
+                "infer.frames=[80, 120, 160]", "infer.image_short_side=128", "infer.video_short_side=128"]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    train: Path
+    test: Path
+    detector: tuple[DetectorConfig, Path]
+    embedder: tuple[str, None]
+    base: Path
+
+
+def _root(folder: Path, first_id: int, seed: int) -> Path:
+    generate(folder, SynthConfig(items=ITEMS, seed=seed, first_id=first_id, shop_size=160, shop_images_min=2,
+                                 shop_images_max=3, clip_frames=161, clip_width=128, clip_height=224,
+                                 uncatalogued_share=0.0, absent_start_share=0.0, clutter=1),
+             workers=1, contact_sheet=False)
+    return folder
+
+
+def build_inputs(base: Path) -> Inputs:
+    """Generate and train once per session (reused when ``base`` already holds them)."""
+    base.mkdir(parents=True, exist_ok=True)
+    train_root, test_root = base / "train", base / "test"
+    if not (test_root / "synth_manifest.json").is_file():
+        _root(train_root, 1, 21)
+        _root(test_root, 301, 22)
+    stage = ("train.stages=[{name: s1, iterations: 2, base_lr: 0.02, batch_size: 2, schedule: cosine, "
+             "warmup_iters: 1, min_sizes: [128], max_size: 256}]")
+    det_cfg = load_detector_config("tiny", [stage, "train.workers=0", "train.val_fraction=0",
+                                            "train.eval_every=1000", *DETECTOR_SET])
+    weights = base / "detector" / "model_final.pth"
+    if not weights.is_file():
+        train_detector(det_cfg, [train_root], base / "detector", device="cpu")
+    return Inputs(train_root, test_root, (det_cfg, weights), ("lite0", None), base)
+
+
+@pytest.fixture(scope="session")
+def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    return build_inputs(tmp_path_factory.getbasetemp() / "pipeline_inputs")
+
+
+@pytest.fixture(scope="session")
+def detector_run(pipeline_inputs: Inputs) -> PipelineResult:
+    """An uninterrupted run with the tiny detector."""
+    return run_pipeline(pipeline_inputs.test, pipeline_inputs.base / "run_straight", pipeline_inputs.detector,
+                        [pipeline_inputs.embedder], device="cpu", progress=False)
+
+
+def test_detector_run_writes_a_valid_result_and_a_summary(detector_run: PipelineResult,
+                                                          pipeline_inputs: Inputs) -> None:
+    predictions = load_result(detector_run.result_path)  # validates the schema
+    clips = set(load_dataset(pipeline_inputs.test).videos)
+    assert set(detector_run.decisions) == clips
+    assert set(predictions) <= clips
+    summary = json.loads((detector_run.out_dir / "summary.json").read_text())
+    assert summary["clips"] == ITEMS and summary["matched"] + summary["abstained"] == ITEMS
+    assert set(summary["stage_seconds"]) == {"detect", "embed", "match", "score", "report"}
+    assert detector_run.score is not None and 0.0 <= detector_run.score["final"] <= 1.0
+    assert summary["matched"] >= 2, detector_run.decisions  # the comparisons below are not vacuous
+    for entry in json.loads(detector_run.result_path.read_text()).values():
+        assert isinstance(entry["frame_index"], int) and entry["frame_index"] in (80, 120, 160)
+        assert all(isinstance(v, int) for v in entry["result"][0]["item_box"] + entry["result"][0]["frame_box"])
+
+
+def test_killed_run_resumes_to_the_same_result(detector_run: PipelineResult, pipeline_inputs: Inputs,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    det_cfg, det_weights = pipeline_inputs.detector
+    cfg_path = tmp_path / "detector.yaml"
+    cfg_path.write_text(json.dumps(det_cfg.model_dump(mode="json")))
+    command = [str(REPO / "run.sh"), str(pipeline_inputs.test), str(out), "--detector", str(cfg_path),
+               str(det_weights), "--embedders", "lite0", "-", "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cache = out / "boxes.json.cache.jsonl"
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if cache.is_file() and cache.read_text().count("\n") >= 3:  # header + two finished files
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert not (out / "result.json").is_file(), "the run finished before it could be killed"
+    with cache.open("a") as handle:  # a line cut short by the kill is ignored on resume
+        handle.write('{"key": "image:/cut')
+    resumed = run_pipeline(pipeline_inputs.test, out, (cfg_path, det_weights), [pipeline_inputs.embedder],
+                           device="cpu", progress=False, report=False)
+    assert resumed.result_path.read_bytes() == detector_run.result_path.read_bytes()
+
+    # Stopping between stages and resuming gives the same file too, and skips finished stages.
+    staged = tmp_path / "staged"
+    first = run_pipeline(pipeline_inputs.test, staged, pipeline_inputs.detector, [pipeline_inputs.embedder],
+                         device="cpu", stop_after="detect", progress=False)
+    assert first.result_path is None and (staged / "boxes.json").is_file()
+    second = run_pipeline(pipeline_inputs.test, staged, pipeline_inputs.detector, [pipeline_inputs.embedder],
+                          device="cpu", progress=False, report=False)
+    assert second.result_path.read_bytes() == detector_run.result_path.read_bytes()
+    assert second.stage_seconds["detect"] < 5
+
+
+def test_corrupt_clip_is_skipped_and_reported(pipeline_inputs: Inputs, tmp_path: Path) -> None:
+    root = shutil.copytree(pipeline_inputs.test, tmp_path / "root")
+    clips = sorted(load_dataset(root).videos)
+    broken = root / "video" / f"{clips[0]}.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
+    result = run_pipeline(root, tmp_path / "out", pipeline_inputs.detector, [pipeline_inputs.embedder],
+                          device="cpu", progress=False, report=False)
+    assert result.decisions[clips[0]].startswith("skipped: ")
+    assert str(broken) in result.skipped
+    assert result.summary["skipped"] == 1 and clips[0] not in result.result
+    # Every readable clip went through detection and voting and got a decision of its own.
+    assert all(not result.decisions[c].startswith("skipped") for c in clips[1:])
+    boxes = json.loads((tmp_path / "out" / "boxes.json").read_text())
+    assert {b["video_id"] for b in boxes["videos"]} == set(clips[1:])
+
+
+def test_matching_beats_chance(pipeline_inputs: Inputs, tmp_path: Path) -> None:
+    """Annotated boxes and the ImageNet Lite0 embedder, zero-shot: matching alone.
+
+    Chance: a random item per clip is right with probability 1/ITEMS at every
+    level, so every F1 and the final score are at most 1/ITEMS = 0.25.
+    """
+    result = run_pipeline(pipeline_inputs.test, tmp_path / "out", None, [("lite0", None)], device="cpu",
+                          ground_truth_boxes=True, progress=False, report=False)
+    assert result.score["final"] > 2 / ITEMS, result.score["final"]
+
+
+def test_cli_rejects_a_run_without_boxes(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "metric_sub.pipeline", str(tmp_path), str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "error" in done.stderr
+
+
+def test_calibrate_writes_a_config_at_least_as_good_as_the_seed(detector_run: PipelineResult,
+                                                                 pipeline_inputs: Inputs, tmp_path: Path) -> None:
+    from metric_sub.calibrate import main as calibrate
+    from metric_sub.match import load_match_config
+
+    out = tmp_path / "match.yaml"
+    assert calibrate(["--workdir", str(detector_run.out_dir), "--data", str(pipeline_inputs.test),
+                      "--out", str(out)]) == 0
+    config = load_match_config(out)
+    workdir = shutil.copytree(detector_run.out_dir, tmp_path / "run")
+    rerun = run_pipeline(pipeline_inputs.test, workdir, pipeline_inputs.detector,
+                         [pipeline_inputs.embedder], config, device="cpu", progress=False, report=False)
+    assert rerun.stage_seconds["embed"] < 5  # cached stages are not recomputed
+    assert rerun.score["final"] >= detector_run.score["final"]
