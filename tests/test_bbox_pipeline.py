@@ -86,12 +86,12 @@ def _synthetic_root(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_tiny_detector_loss_falls_on_synthetic_data(tmp_path: Path) -> None:
     root = _synthetic_root(tmp_path)
-    cfg = _tiny(30, "128, 160", "train.log_every=1", "train.val_fraction=0")
+    cfg = _tiny(60, "128, 160", "train.log_every=1", "train.val_fraction=0")
     final = train(cfg, [root], tmp_path / "run", device="cpu")
     assert final is not None and final.is_file()
     losses = _losses(tmp_path / "run")
-    assert len(losses) == 30
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert len(losses) == 60
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.7 * first, (first, last)
 
 

@@ -26,7 +26,8 @@ EXPECTED = {  # config: (neck input width, learnable p, xbm)
 
 
 def test_every_bundled_config_is_covered() -> None:
-    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(EXPECTED)
+    embedders = [p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "match"]  # match.yaml: the voting rules
+    assert sorted(embedders) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
