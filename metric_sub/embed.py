@@ -259,18 +259,26 @@ def load_embeddings(out_dir: Path | str) -> tuple[np.ndarray, dict]:
 def boxes_to_refs(boxes_path: Path | str, data: Dataset, issues: IssueLog) -> list[CropRef]:
     """The detector's boxes JSON as crop refs, files resolved through the dataset.
 
-    Accepts a list of boxes or ``{"boxes": [...]}``. A box whose image or clip
-    is not in the dataset is recorded and skipped.
+    Accepts the detector's document (``bbox_sub.schema``: ``images`` and
+    ``videos`` lists), ``{"boxes": [...]}`` or a plain list of boxes. A box
+    whose image or clip is not in the dataset is recorded and skipped.
     """
-    raw = json.loads(Path(boxes_path).read_text())
-    boxes = raw["boxes"] if isinstance(raw, dict) else raw
+    return boxes_document_to_refs(json.loads(Path(boxes_path).read_text()), data, issues, str(boxes_path))
+
+
+def boxes_document_to_refs(raw: dict | list, data: Dataset, issues: IssueLog, source: str = "boxes") -> list[CropRef]:
+    """``boxes_to_refs`` for a document already in memory."""
+    if isinstance(raw, dict):
+        boxes = raw["boxes"] if "boxes" in raw else raw.get("images", []) + raw.get("videos", [])
+    else:
+        boxes = raw
     refs: list[CropRef] = []
     for box in boxes:
         kind = box.get("type", "video" if box.get("video_id") is not None else "image")
         bbox = tuple(int(v) for v in box["bbox"])
         path = _resolve_source(box, kind, data)
         if path is None:
-            issues.warning(boxes_path, f"box source {box.get('file')!r} ({kind}) not in the dataset; skipped")
+            issues.warning(source, f"box source {box.get('file')!r} ({kind}) not in the dataset; skipped")
             continue
         group = box.get("aspect_group")
         refs.append(CropRef(kind, str(box.get("item_id") if kind == "image" else box.get("video_id")), str(path),

@@ -12,7 +12,7 @@ Public API (the REST service calls it)::
 Stages and what each leaves in ``OUT_DIR``:
 
 1. ``detect``: ``boxes.json`` (``bbox_sub.schema``) with its per-file cache
-   ``boxes.json.cache.jsonl``, and the same boxes as one list in ``boxes_flat.json``. Without a detector, ``ground_truth_boxes=True``
+   ``boxes.json.cache.jsonl``. Without a detector, ``ground_truth_boxes=True``
    uses the annotated boxes instead (a matching-only figure).
 2. ``embed``: ``embed/embeddings.npy`` + ``embed/embeddings.json``, computed in
    resumable chunks (``metric_sub.embed``).
@@ -51,7 +51,7 @@ from dataset.runtime import pick_device, seed_everything
 from dataset.score import load_result, score, write_result
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import ground_truth_crops
-from metric_sub.embed import boxes_to_refs, load_embeddings, load_runner, run_embedding
+from metric_sub.embed import boxes_document_to_refs, load_embeddings, load_runner, run_embedding
 from metric_sub.match import MatchConfig, load_match_config, match_embeddings
 
 log = logging.getLogger(__name__)
@@ -261,9 +261,7 @@ def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: ModelSp
         stages.finish("detect", key)
     for skipped in document["skipped"]:
         issues.error(DataError(skipped["path"], skipped["problem"]))
-    # boxes_to_refs reads a flat box list; the detector's document splits images and clips.
-    flat = write_json_atomic(out / "boxes_flat.json", {"boxes": document["images"] + document["videos"]})
-    return boxes_to_refs(flat, data, issues)
+    return boxes_document_to_refs(document, data, issues, str(boxes_path))
 
 
 def format_summary(result: PipelineResult) -> str:
