@@ -16,11 +16,8 @@ import argparse
 import hashlib
 import json
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -36,12 +33,11 @@ from dataset.frames import read_frames_many
 from dataset.images import read_image
 from dataset.jsonio import write_json_atomic
 from dataset.layout import load_dataset
+from dataset.prefetch import prefetch
 from dataset.records import Dataset, ShopImage, Video
 from dataset.runtime import pick_device
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def box_records(found: Detections, threshold: float, width: int, height: int,
@@ -104,29 +100,6 @@ def fingerprint(cfg: DetectorConfig, weights: Path) -> str:
     text = json.dumps([cfg.model.model_dump(mode="json"), cfg.infer.model_dump(mode="json"),
                        str(weights.resolve()), stat.st_size, stat.st_mtime_ns], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[tuple[T, R | Exception]]:
-    """``(item, fn(item))`` in order, computed ahead in threads; an exception is yielded instead of raised."""
-    pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="prefetch")
-    pending: deque[tuple[T, Future[R]]] = deque()
-
-    def take() -> tuple[T, R | Exception]:
-        item, future = pending.popleft()
-        try:
-            return item, future.result()
-        except Exception as exc:  # reported by the caller, which knows which file it was
-            return item, exc
-
-    try:
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) >= 4 * max(workers, 1):
-                yield take()
-        while pending:
-            yield take()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _image_key(image: ShopImage) -> str:

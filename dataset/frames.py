@@ -36,9 +36,7 @@ import functools
 import logging
 import os
 import re
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -47,6 +45,7 @@ import cv2
 import numpy as np
 
 from dataset.errors import IssueLog, VideoError
+from dataset.prefetch import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -130,29 +129,20 @@ def read_frames_many(items: Iterable[tuple[Path | str, Iterable[int]]], issues: 
     """
     if workers < 1:
         raise ValueError(f"workers={workers}: need at least 1")
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frames")
-    pending: deque[tuple[Path, Future[ClipFrames]]] = deque()
-    try:
-        for path, indices in items:
-            path = Path(path)
-            pending.append((path, pool.submit(read_frames, path, list(indices), backend, num_threads)))
-            if len(pending) >= 2 * workers:
-                yield from _collect(*pending.popleft(), issues)
-        while pending:
-            yield from _collect(*pending.popleft(), issues)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
+    def decode(item: tuple[Path, list[int]]) -> ClipFrames:
+        return read_frames(item[0], item[1], backend, num_threads)
 
-def _collect(path: Path, future: Future[ClipFrames], issues: IssueLog) -> Iterator[tuple[Path, ClipFrames]]:
-    try:
-        clip = future.result()
-    except VideoError as exc:
-        issues.error(exc)
-        return
-    if clip.missing:
-        issues.warning(path, f"frames {clip.missing} not in the file ({clip.num_frames} frames); dropped")
-    yield path, clip
+    requests = ((Path(path), list(indices)) for path, indices in items)
+    for (path, _), clip in prefetch(decode, requests, workers, ahead=2 * workers):
+        if isinstance(clip, VideoError):
+            issues.error(clip)
+            continue
+        if isinstance(clip, Exception):
+            raise clip
+        if clip.missing:
+            issues.warning(path, f"frames {clip.missing} not in the file ({clip.num_frames} frames); dropped")
+        yield path, clip
 
 
 def _wanted(indices: Iterable[int]) -> list[int]:
