@@ -13,7 +13,6 @@ skipped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -31,7 +30,7 @@ from dataset.boxes import clip_box, is_degenerate
 from dataset.errors import DataError, IssueLog
 from dataset.frames import read_frames_many
 from dataset.images import read_image
-from dataset.jsonio import write_json_atomic
+from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
 from dataset.records import Dataset, ShopImage, Video
@@ -96,10 +95,7 @@ def _json_or_none(line: str) -> dict[str, Any] | None:
 
 def fingerprint(cfg: DetectorConfig, weights: Path) -> str:
     """Changes when the model, the inference settings or the weights file change."""
-    stat = weights.stat()
-    text = json.dumps([cfg.model.model_dump(mode="json"), cfg.infer.model_dump(mode="json"),
-                       str(weights.resolve()), stat.st_size, stat.st_mtime_ns], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return digest(cfg.model.model_dump(mode="json"), cfg.infer.model_dump(mode="json"), file_stamp(weights))
 
 
 def _image_key(image: ShopImage) -> str:

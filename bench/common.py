@@ -193,3 +193,16 @@ def _package_versions(names: Sequence[str]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def synthetic_splits(folder: Path, train_items: int, test_items: int, seed: int,
+                     knobs: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """A train root and a held-out root with disjoint item ids (1.. and 50001..), reused when unchanged."""
+    from dataset.synth import SynthConfig, ensure
+
+    roots = []
+    for name, items, first_id, offset in (("train", train_items, 1, 0), ("test", test_items, 50_001, 1)):
+        root = Path(folder) / name
+        ensure(root, SynthConfig(items=items, seed=seed + offset, first_id=first_id, **(knobs or {})))
+        roots.append(root)
+    return roots[0], roots[1]

@@ -21,21 +21,12 @@ from bbox_sub.detect import BatchDetector
 from bbox_sub.evaluate import evaluate
 from bbox_sub.model import load_detector
 from bbox_sub.train import train
-from bench.common import print_table, write_result
+from bench.common import print_table, synthetic_splits, write_result
 from dataset.errors import IssueLog
 from dataset.layout import load_dataset
 from dataset.runtime import pick_device
 
 RESULT = Path(__file__).resolve().parent / "results" / "detect_accuracy.json"
-
-
-def synthetic_splits(work: Path, items: int, val_items: int, seed: int, knobs: dict) -> tuple[Path, Path]:
-    from dataset.synth import generate
-    from dataset.synth.config import SynthConfig
-    train_root, val_root = work / "synth_train", work / "synth_val"
-    generate(train_root, SynthConfig(items=items, seed=seed, first_id=1, **knobs))
-    generate(val_root, SynthConfig(items=val_items, seed=seed + 1, first_id=50_001, **knobs))
-    return train_root, val_root
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from bench.common import Timer, print_table, write_result
+from bench.common import Timer, print_table, synthetic_splits, write_result
 from dataset.errors import IssueLog
 from dataset.layout import load_dataset
 from dataset.runtime import pick_device
@@ -43,18 +44,11 @@ def score(runners: Sequence[ModelRunner], root: Path, min_frame: int) -> dict[st
     return retrieval_report(embeddings, [refs[i].kind for i in kept], [refs[i].instance_id for i in kept])
 
 
-def synthetic_splits(folder: Path, items: int, seed: int, knobs: list[str]) -> tuple[Path, Path]:
-    from dataset.synth import generate
-    from dataset.synth.config import SynthConfig
+def parse_knobs(knobs: list[str]) -> dict[str, Any]:
+    """``name=value`` generator knobs, each value cast to the type of the knob's default."""
+    from dataset.synth import SynthConfig
 
-    extra = {k: type(getattr(SynthConfig(), k))(v) for k, v in (knob.split("=", 1) for knob in knobs)}
-    splits = []
-    for name, first_id, offset in (("train", 1, 0), ("test", 50_001, 1)):
-        root = folder / name
-        if not (root / "image").is_dir():
-            generate(root, SynthConfig(items=items, seed=seed + offset, first_id=first_id, **extra))
-        splits.append(root)
-    return splits[0], splits[1]
+    return {k: type(getattr(SynthConfig(), k))(v) for k, v in (knob.split("=", 1) for knob in knobs)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lite = [load_runner(load_embedder_config(n), None, device) for n in LITE]
     rows = []
     if args.synthetic:
-        train_root, test_root = synthetic_splits(args.work / "data", args.items, args.seed, args.synth)
+        train_root, test_root = synthetic_splits(args.work / "data", args.items, args.items, args.seed,
+                                                 parse_knobs(args.synth))
         for name in args.train_configs.split(","):
             config = load_embedder_config(name.strip(), [*args.overrides, f"train.device={device}"])
             out = args.work / "runs" / config.name

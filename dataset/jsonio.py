@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -46,3 +47,18 @@ def write_json_atomic(path: Path | str, data: Any, indent: int | None = None) ->
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, ensure_ascii=False, indent=indent)
     return Path(path)
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts: the key of a cached stage output."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_stamp(path: Path | str | None) -> list | None:
+    """Resolved path, size and modification time: enough to notice a replaced weights file without hashing it."""
+    if path is None:
+        return None
+    path = Path(path)
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]

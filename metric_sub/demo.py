@@ -20,7 +20,6 @@ not what the models reach with real training (see ``bench/e2e.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -30,12 +29,11 @@ from pathlib import Path
 from bbox_sub.config import load_detector_config
 from bbox_sub.train import train as train_detector
 from dataset.errors import DataError
-from dataset.synth import SynthConfig, generate
+from dataset.synth import SynthConfig, ensure
 from metric_sub.config import load_embedder_config
 from metric_sub.pipeline import format_summary, run_pipeline
 from metric_sub.train import Trainer
 
-MANIFEST = "synth_manifest.json"
 SYNTH = SynthConfig(shop_size=256, shop_images_min=2, shop_images_max=4, clip_frames=161, clip_width=180,
                     clip_height=320, uncatalogued_share=0.0, clutter=1)
 DETECTOR_SET = ["infer.image_short_side=192", "infer.image_max_size=320", "infer.video_short_side=192",
@@ -46,22 +44,13 @@ DETECTOR_STAGE = ("train.stages=[{name: s1, iterations: %d, base_lr: 0.02, batch
 EMBEDDER_SET = ["data.bucket_scale=0.5", "train.batch_size=8", "train.epochs=%d"]
 
 
-def ensure_root(folder: Path, config: SynthConfig) -> bool:
-    """Generate ``folder`` unless it already holds a set made with exactly this config; True if generated."""
-    manifest = folder / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()).get("config") == config.to_dict():
-        return False
-    generate(folder, config, overwrite=True)
-    return True
-
-
 def run(out: Path, train_items: int, test_items: int, detector_steps: int, embedder_epochs: int,
         seed: int) -> dict:
     """Steps 1-3 of the module docstring; returns the pipeline summary."""
     started = time.perf_counter()
     train_root, test_root = out / "data" / "train", out / "data" / "test"
-    ensure_root(train_root, replace(SYNTH, items=train_items, seed=seed, first_id=1))
-    ensure_root(test_root, replace(SYNTH, items=test_items, seed=seed + 1, first_id=50_001))
+    ensure(train_root, replace(SYNTH, items=train_items, seed=seed, first_id=1))
+    ensure(test_root, replace(SYNTH, items=test_items, seed=seed + 1, first_id=50_001))
     print(f"data: {train_root} ({train_items} items), {test_root} ({test_items} held-out items) "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -21,7 +21,6 @@ chunk is decoded once and its crops go through every model of the ensemble.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataset.errors import Issue, IssueLog
-from dataset.jsonio import write_json_atomic
+from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.records import Dataset
 from dataset.runtime import autocast, load_checkpoint, pick_device
@@ -181,14 +180,9 @@ def _chunks(refs: Sequence[CropRef], sources_per_chunk: int) -> list[list[int]]:
             for k in range(0, len(sources), sources_per_chunk)]
 
 
-def _digest(payload: object) -> str:
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def _model_key(runner: ModelRunner) -> dict:
-    weights = Path(runner.weights) if runner.weights else None
-    stamp = [str(weights.resolve()), weights.stat().st_size, weights.stat().st_mtime_ns] if weights else None
-    return {"config": runner.config.model_dump(mode="json", exclude={"embed", "train"}), "weights": stamp}
+    return {"config": runner.config.model_dump(mode="json", exclude={"embed", "train"}),
+            "weights": file_stamp(runner.weights or None)}
 
 
 def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
@@ -200,7 +194,7 @@ def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_d
     issues = IssueLog()
     models_key = [_model_key(r) for r in runners]
     plan = _chunks(refs, sources_per_chunk)
-    keys = [_digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
+    keys = [digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
 
     def prepare(chunk: list[int]) -> tuple[IssueLog, list[int], list[np.ndarray]]:
         chunk_issues = IssueLog()

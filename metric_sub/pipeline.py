@@ -30,7 +30,6 @@ time per stage.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -44,7 +43,7 @@ from typing import Any
 from bbox_sub.config import DetectorConfig, load_detector_config
 from bbox_sub.infer import run_inference
 from dataset.errors import DataError, Issue, IssueLog
-from dataset.jsonio import write_json_atomic
+from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.records import Dataset
 from dataset.runtime import pick_device, seed_everything
@@ -118,17 +117,6 @@ class StageLog:
         write_json_atomic(self.path, self.keys, indent=1)
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_stamp(path: Path | str | None) -> list | None:
-    if path is None:
-        return None
-    path = Path(path)
-    return [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
-
-
 def _detector_config(spec: str | Path | DetectorConfig) -> DetectorConfig:
     return spec if isinstance(spec, DetectorConfig) else load_detector_config(spec)
 
@@ -186,8 +174,8 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
     with timed("embed", 2):
         embed_dir = out / "embed"
         specs = [(_embedder_config(c), _weights(w)) for c, w in embedders]
-        key = _digest([r.to_json() for r in refs], [[c.model_dump(mode="json", exclude={"embed", "train"}),
-                                                     _file_stamp(w)] for c, w in specs])
+        key = digest([r.to_json() for r in refs], [[c.model_dump(mode="json", exclude={"embed", "train"}),
+                                                     file_stamp(w)] for c, w in specs])
         if not (stages.done("embed", key) and (embed_dir / "embeddings.json").is_file()):
             # A Lite model without a checkpoint gets a randomly initialised projection head: seed it, so
             # that a resumed or repeated run embeds with the same head.
@@ -253,7 +241,7 @@ def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: ModelSp
         return ground_truth_crops(data, min_frame=0, include_unlabelled=True)
     cfg, weights = _detector_config(detector[0]), Path(detector[1])
     boxes_path = out / "boxes.json"
-    key = _digest([str(r.resolve()) for r in roots], cfg.model_dump(mode="json"), _file_stamp(weights))
+    key = digest([str(r.resolve()) for r in roots], cfg.model_dump(mode="json"), file_stamp(weights))
     if stages.done("detect", key) and boxes_path.is_file():
         document = json.loads(boxes_path.read_text())
     else:

@@ -7,6 +7,6 @@ motion, blur, lighting change, UI overlays and H.264 compression, plus clips
 whose garment is not in the catalogue.
 """
 from dataset.synth.config import SynthConfig
-from dataset.synth.generate import generate
+from dataset.synth.generate import ensure, generate
 
-__all__ = ["SynthConfig", "generate"]
+__all__ = ["SynthConfig", "ensure", "generate"]

@@ -7,6 +7,7 @@ parallelism comes from the processes, and no thread pool is inherited.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -125,3 +126,17 @@ def generate(out_dir: Path | str, config: SynthConfig, workers: int | None = Non
         "items_per_s": round(len(plan.items) / max(rendered - started, 1e-9), 3),
         "clips_per_s": round(len(plan.clips) / max(rendered - started, 1e-9), 3),
     }
+
+
+
+def ensure(out_dir: Path | str, config: SynthConfig, **kwargs: Any) -> bool:
+    """Generate ``out_dir`` unless its manifest records exactly this config; True if it generated.
+
+    Lets demos and benchmarks rerun without regenerating minutes of data,
+    while any changed knob still produces a fresh set.
+    """
+    manifest = Path(out_dir) / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text()).get("config") == config.to_dict():
+        return False
+    generate(out_dir, config, overwrite=True, **kwargs)
+    return True
