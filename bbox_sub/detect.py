@@ -9,6 +9,7 @@ import torch
 from bbox_sub.config import Precision
 from bbox_sub.model import Detector
 from bbox_sub.resize import resize, to_chw
+from dataset.fuse import fold_batch_norms
 from dataset.runtime import autocast
 
 
@@ -21,14 +22,20 @@ class Detections:
 
 
 class BatchDetector:
-    """A detector in eval mode on a device, with mixed precision and channels_last where CUDA is used."""
+    """A detector in eval mode on a device, with mixed precision and channels_last where CUDA is used.
+
+    ``fold_norms`` folds the backbone's batch norms into its convolutions, in
+    place (see ``dataset.fuse``): pass ``False`` for a model that goes on training.
+    """
 
     def __init__(self, model: Detector, device: torch.device, precision: Precision = "bf16",
-                 channels_last: bool = True, compile_backbone: bool = False) -> None:
+                 channels_last: bool = True, compile_backbone: bool = False, fold_norms: bool = True) -> None:
         self.device = device
         self.precision = precision
         self.channels_last = channels_last and device.type == "cuda"
         model = model.to(device).eval()
+        if fold_norms:
+            fold_batch_norms(model.backbone.body, torch.rand(1, 3, 128, 128, device=device))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if compile_backbone and device.type == "cuda":

@@ -4,9 +4,20 @@ torchvision's RPN and RoI heads select boxes with a Python loop over images,
 and its ``batched_nms`` switches to one NMS call per group above a few thousand
 boxes. With 16 frames and five FPN levels that is 80 small NMS calls per batch,
 each a device synchronisation, which is where a batched detector loses most of
-its time on a GPU. Here groups are separated by coordinate offsets so one NMS
-call covers many images, and per-image top-k is a rank computation instead of
-a loop.
+its time on a GPU. Here per-image top-k is a rank computation instead of a
+loop, and NMS runs for all groups at once:
+
+* on CUDA, ``dense_nms`` lays the groups out as a padded ``(G, K)`` batch
+  and finds greedy NMS's answer as the fixed point of a matrix iteration
+  (Cluster-NMS, Zheng et al. 2021): box ``j`` survives when no surviving
+  higher-scoring box of its group overlaps it above the threshold. Starting
+  from "all survive", iteration ``t`` settles box ``t`` for good, and the
+  iteration stops at the first repeat, which is the unique fixed point and so
+  exactly greedy NMS. torchvision's CUDA NMS instead ends in one serial pass
+  over every box of the call, which costs tens of milliseconds for the 40 000
+  proposals of a 16-frame batch;
+* on CPU, groups are shifted apart by coordinate offsets so one torchvision
+  NMS call covers them all.
 """
 from __future__ import annotations
 
@@ -16,16 +27,68 @@ from torchvision.ops import nms
 
 
 def nms_by_group(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """NMS within each group in one call: groups are shifted apart so boxes of different groups never overlap.
+    """NMS within each group: ``dense_nms`` on CUDA, one offset torchvision call on CPU.
 
     Returns indices into ``boxes`` sorted by decreasing score, like ``torchvision.ops.batched_nms``.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if boxes.device.type == "cuda":
+        return dense_nms(boxes, scores, groups, iou_threshold)
     boxes = boxes.float()
     span = boxes.max() - boxes.min().clamp(max=0) + 1
     shifted = boxes + (groups.to(boxes) * span)[:, None]
     return nms(shifted, scores.float(), iou_threshold)
+
+
+def dense_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float,
+              max_pairs: int = 1 << 26) -> Tensor:
+    """Greedy NMS within each group, all groups together as a padded batch (see the module docstring).
+
+    ``max_pairs`` bounds the box pairs held at once (about 20 bytes each at the peak); larger
+    batches are done a slice of groups at a time. Same contract as ``nms_by_group``.
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]  # by group, best first within each
+    _, counts = torch.unique_consecutive(groups[order], return_counts=True)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    group_of = torch.repeat_interleave(torch.arange(len(counts), device=boxes.device), counts)
+    slot = torch.arange(len(order), device=boxes.device) - starts[group_of]
+    padded = boxes.new_zeros((len(counts), width, 4), dtype=torch.float32)
+    padded[group_of, slot] = boxes[order].float()
+    valid = torch.zeros((len(counts), width), dtype=torch.bool, device=boxes.device)
+    valid[group_of, slot] = True
+    keep = torch.empty_like(valid)
+    step = max(1, max_pairs // (width * width))
+    for first in range(0, len(counts), step):
+        part = slice(first, first + step)
+        keep[part] = _greedy_keep(padded[part], valid[part], iou_threshold)
+    kept = order[keep[group_of, slot]]
+    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+
+
+def _greedy_keep(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS survivors of ``(G, K, 4)`` boxes, each row sorted best first, as the Cluster-NMS fixed point."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    area = (x2 - x1) * (y2 - y1)
+    width = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp(min=0)
+    height = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp(min=0)
+    inter = width * height
+    del width, height
+    overlaps = inter / (area[:, :, None] + area[:, None, :] - inter) > iou_threshold
+    del inter
+    overlaps &= torch.ones(overlaps.shape[-2:], dtype=torch.bool, device=boxes.device).triu(1)
+    overlaps &= valid[:, :, None]
+    suppressor = overlaps.to(torch.bfloat16 if boxes.is_cuda else torch.float32)
+    keep = valid
+    for _ in range(boxes.shape[1] + 1):
+        hit = torch.bmm(keep.unsqueeze(1).to(suppressor.dtype), suppressor).squeeze(1) > 0
+        update = valid & ~hit
+        if torch.equal(update, keep):
+            break
+        keep = update
+    return keep
 
 
 def rank_within(owner: Tensor, count: int) -> Tensor:

@@ -100,7 +100,8 @@ class Trainer:
             return None
         infer = self.cfg.infer
         self.model.eval()
-        detector = BatchDetector(self.model, self.device, self.cfg.train.precision, self.channels_last)
+        detector = BatchDetector(self.model, self.device, self.cfg.train.precision, self.channels_last,
+                                 fold_norms=False)
         metrics = evaluate(detector, self.val_samples, (infer.image_short_side, infer.image_max_size),
                            (infer.video_short_side, infer.video_max_size))
         self.model.train()

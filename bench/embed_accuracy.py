@@ -74,14 +74,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synthetic:
         train_root, test_root = synthetic_splits(args.work / "data", args.items, args.items, args.seed,
                                                  parse_knobs(args.synth))
+        trained = []
         for name in args.train_configs.split(","):
             config = load_embedder_config(name.strip(), [*args.overrides, f"train.device={device}"])
             out = args.work / "runs" / config.name
             with Timer() as timer:
                 Trainer(config, [train_root], out, [test_root]).run()
-            runner = load_runner(config, out / "best.pt", device)
+            trained.append(load_runner(config, out / "best.pt", device))
             rows.append({"data": "synthetic test", "model": config.name, "trained": True,
-                         "train_s": round(timer.seconds, 1), **score([runner], test_root, args.min_frame)})
+                         "train_s": round(timer.seconds, 1), **score(trained[-1:], test_root, args.min_frame)})
+        if len(trained) > 1:
+            rows.append({"data": "synthetic test", "model": "+".join(r.config.name for r in trained),
+                         "trained": True, **score(trained, test_root, args.min_frame)})
         rows.append({"data": "synthetic test", "model": "+".join(LITE), "trained": False,
                      **score(lite, test_root, args.min_frame)})
     if args.zero_shot:

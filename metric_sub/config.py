@@ -88,11 +88,12 @@ class TrainConfig(StrictModel):
 class EmbedConfig(StrictModel):
     """Inference settings; the speed options matter on CUDA only.
 
-    ``compile`` wraps the model in ``torch.compile`` with static shapes, one
-    graph per bucket shape; ``cuda_graphs`` compiles in ``reduce-overhead``
-    mode, which also replays a captured CUDA graph per shape so that small
-    kernels stop paying launch latency; ``pad_batches`` pads a bucket's last
-    batch to ``batch_size`` so no new shape is ever compiled or captured.
+    ``compile`` wraps the model in ``torch.compile`` (one static graph, then
+    one with symbolic height and width for the other buckets);
+    ``cuda_graphs`` compiles in ``reduce-overhead`` mode, which also replays a
+    captured CUDA graph per bucket shape so that small kernels stop paying
+    launch latency; ``pad_batches`` pads a bucket's last batch to
+    ``batch_size`` so the batch dimension never changes.
     """
 
     batch_size: int = Field(128, gt=0)

@@ -36,8 +36,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataset.errors import Issue, IssueLog
+from dataset.fuse import fold_batch_norms
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
+from dataset.prefetch import prefetch
 from dataset.records import Dataset
 from dataset.runtime import autocast, load_checkpoint, pick_device
 from metric_sub.buckets import aspect_group, resize_to_bucket
@@ -58,9 +60,13 @@ class ModelRunner:
     model: Embedder
     device: torch.device
     weights: str | None = None
+    fold_norms: bool = True
+    """Fold the backbone's batch norms into its convolutions, in place (``dataset.fuse``); off for a model in training."""
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
+        if self.fold_norms:
+            fold_batch_norms(self.model.backbone, torch.rand(1, 3, 128, 128, device=self.device))
         settings = self.config.embed
         cuda = self.device.type == "cuda"
         self.dtype = settings.dtype if cuda else "fp32"
@@ -79,43 +85,81 @@ class ModelRunner:
         return self.config.model.embedding_size
 
     @torch.inference_mode()
-    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Unit-norm fp32 embeddings of a uint8 ``(B, H, W, 3)`` batch of one bucket size."""
-        count = len(batch)
-        if self.pad and count < self.config.embed.batch_size:
-            filler = np.zeros((self.config.embed.batch_size - count, *batch.shape[1:]), np.uint8)
-            batch = np.concatenate([batch, filler])
-        images = torch.from_numpy(batch).permute(0, 3, 1, 2)
-        if self.device.type == "cuda":
-            images = images.pin_memory().to(self.device, non_blocking=True)
+    def forward_batch(self, host: torch.Tensor, count: int) -> torch.Tensor:
+        """Unit-norm fp32 embeddings ``(count, dim)``, left on the device, of a uint8 ``(B, H, W, 3)`` batch.
+
+        Nothing here waits for the GPU: the copy from pinned memory and the
+        forward pass are queued, so the caller can prepare the next batch meanwhile.
+        """
+        images = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.dtype):
             features = self.forward(images)
-        return F.normalize(features[:count].float(), dim=1).cpu().numpy()
+        return F.normalize(features[:count].float(), dim=1)
 
     def embed_crops(self, crops: Sequence[np.ndarray], groups: Sequence[int]) -> np.ndarray:
         """Embeddings of crops in input order, computed in one-bucket batches."""
-        out = np.zeros((len(crops), self.dim), np.float32)
-        by_group: dict[int, list[int]] = defaultdict(list)
-        for index, group in enumerate(groups):
-            by_group[group].append(index)
-        size = self.config.embed.batch_size
-        for group, indices in sorted(by_group.items()):
-            for start in range(0, len(indices), size):
-                chunk = indices[start:start + size]
-                batch = np.stack([resize_to_bucket(crops[i], self.sizes[group]) for i in chunk])
-                out[chunk] = self.embed_batch(batch)
-        return out
+        return embed_crops([self], crops, groups)
+
+
+def _batches(groups: Sequence[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """(bucket, crop indices) per batch: every batch holds one bucket."""
+    by_group: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        by_group[group].append(index)
+    return [(group, indices[start:start + batch_size])
+            for group, indices in sorted(by_group.items()) for start in range(0, len(indices), batch_size)]
+
+
+def _stack(crops: Sequence[np.ndarray], indices: Sequence[int], size: tuple[int, int], rows: int,
+           pinned: bool) -> torch.Tensor:
+    """The crops resized to their bucket, written straight into one (page-locked, for CUDA) uint8 batch.
+
+    Rows past ``len(indices)`` stay zero: padding for models compiled for one batch size.
+    """
+    width, height = size
+    batch = torch.empty((rows, height, width, 3), dtype=torch.uint8, pin_memory=pinned)
+    view = batch.numpy()
+    for row, index in enumerate(indices):
+        view[row] = resize_to_bucket(crops[index], size)
+    view[len(indices):] = 0
+    return batch
+
+
+def _embed_family(runners: Sequence[ModelRunner], crops: Sequence[np.ndarray],
+                  groups: Sequence[int]) -> list[torch.Tensor]:
+    """Each runner's embeddings (on its device) of all crops; the runners share bucket sizes and batch size.
+
+    Every batch is resized and stacked once for all runners, in a thread
+    while the GPU runs the previous one.
+    """
+    lead = runners[0]
+    rows = lead.config.embed.batch_size
+    pinned = lead.device.type == "cuda"
+    outs = [torch.empty((len(crops), r.dim), device=r.device) for r in runners]
+
+    def prepare(item: tuple[int, list[int]]) -> torch.Tensor:
+        group, chunk = item
+        return _stack(crops, chunk, lead.sizes[group], rows if lead.pad else len(chunk), pinned)
+
+    for (group, chunk), host in prefetch(prepare, _batches(groups, rows), workers=2, ahead=3):
+        if isinstance(host, Exception):
+            raise host
+        where = torch.as_tensor(chunk, device=lead.device)
+        for runner, out in zip(runners, outs):
+            out[where] = runner.forward_batch(host, len(chunk))
+    return outs
 
 
 def compile_model(model: Embedder, cuda_graphs: bool) -> torch.nn.Module:
-    """``torch.compile`` with static shapes: each of the 12 bucket shapes gets its own graph.
+    """``torch.compile`` with automatic dynamic shapes: the first bucket compiles static, the second
+    recompiles once with symbolic height and width, and that graph serves the other ten.
 
-    The recompile limit is raised above the bucket count, or Dynamo would fall
-    back to eager for the later buckets.
+    The batch dimension stays fixed where batches are padded. In
+    ``reduce-overhead`` mode each bucket shape still records its own CUDA graph.
     """
     import torch._dynamo
 
@@ -123,7 +167,7 @@ def compile_model(model: Embedder, cuda_graphs: bool) -> torch.nn.Module:
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 64))
-    return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+    return torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, dynamic=None)
 
 
 def load_runner(config: EmbedderConfig, weights: Path | str | None, device: torch.device) -> ModelRunner:
@@ -158,10 +202,23 @@ def read_crops(refs: Sequence[CropRef], issues: IssueLog, workers: int = 2) -> t
 
 
 def embed_crops(runners: Sequence[ModelRunner], crops: Sequence[np.ndarray], groups: Sequence[int]) -> np.ndarray:
-    """Fused ensemble embeddings of crops with their aspect groups."""
+    """Fused ensemble embeddings of crops with their aspect groups.
+
+    Runners that share bucket sizes and batch settings (the usual ensemble)
+    get the same prepared batches, each uploaded once.
+    """
     if not crops:
         return np.zeros((0, sum(r.dim for r in runners)), np.float32)
-    return fuse([runner.embed_crops(crops, groups) for runner in runners])
+    families: dict[tuple, list[int]] = defaultdict(list)
+    for position, runner in enumerate(runners):
+        key = (tuple(runner.sizes), runner.config.embed.batch_size, runner.pad, runner.device)
+        families[key].append(position)
+    blocks: list[np.ndarray | None] = [None] * len(runners)
+    for positions in families.values():
+        outs = _embed_family([runners[p] for p in positions], crops, groups)
+        for position, out in zip(positions, outs):
+            blocks[position] = out.cpu().numpy()
+    return fuse(blocks)
 
 
 def embed_refs(runners: Sequence[ModelRunner], refs: Sequence[CropRef], issues: IssueLog,

@@ -60,7 +60,7 @@ class ValidationSet:
     def evaluate(self, model: Embedder, config: EmbedderConfig, device: torch.device) -> dict[str, float]:
         settings = config.embed.model_copy(update={"compile": False, "cuda_graphs": False,
                                                    "batch_size": config.train.val_batch_size})
-        runner = ModelRunner(config.model_copy(update={"embed": settings}), model, device)
+        runner = ModelRunner(config.model_copy(update={"embed": settings}), model, device, fold_norms=False)
         embeddings = runner.embed_crops(self.crops, [r.group for r in self.refs])
         model.train()
         return retrieval_report(embeddings, [r.kind for r in self.refs], [r.instance_id for r in self.refs])

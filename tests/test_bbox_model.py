@@ -5,10 +5,12 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import batched_nms
 
 from bbox_sub.aspect import ASPECT_TEMPLATES, aspect_group
 from bbox_sub.config import SEED_FRAMES, load_detector_config, shipped_configs
 from bbox_sub.model import build_detector
+from bbox_sub.postprocess import dense_nms
 from dataset.config import ConfigError
 
 
@@ -93,6 +95,22 @@ def test_batched_detection_selection_matches_torchvision() -> None:
         assert [len(t) for t in mine] == [len(t) for t in theirs]
         for a, b in zip(mine, theirs):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("max_pairs", [1 << 26, 5000])
+def test_dense_nms_is_greedy_nms(max_pairs: int) -> None:
+    """Clustered boxes (long suppression chains), uneven groups, and slices of groups when pairs are bounded."""
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.rand(30, 2, generator=generator) * 300
+    owner = torch.randint(0, 30, (900,), generator=generator)
+    xy = centres[owner] + torch.randn(900, 2, generator=generator) * 6
+    wh = torch.rand(900, 2, generator=generator) * 40 + 10
+    boxes = torch.cat([xy, xy + wh], 1)
+    scores = torch.rand(900, generator=generator)
+    groups = torch.randint(0, 7, (900,), generator=generator) ** 2  # sparse group ids, one group far larger
+    for threshold in (0.3, 0.5, 0.7):
+        ours = dense_nms(boxes, scores, groups, threshold, max_pairs=max_pairs)
+        assert torch.equal(ours, batched_nms(boxes, scores, groups, threshold))
 
 
 def test_aspect_groups_follow_the_seed_templates() -> None:
