@@ -9,7 +9,7 @@ import torch
 from bbox_sub.config import Precision
 from bbox_sub.model import Detector
 from bbox_sub.resize import resize, to_chw
-from dataset.fuse import fold_batch_norms
+from dataset.fuse import example_images, fold_batch_norms
 from dataset.runtime import autocast
 
 
@@ -35,7 +35,7 @@ class BatchDetector:
         self.channels_last = channels_last and device.type == "cuda"
         model = model.to(device).eval()
         if fold_norms:
-            fold_batch_norms(model.backbone.body, torch.rand(1, 3, 128, 128, device=device))
+            fold_batch_norms(model.backbone.body, example_images(device))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if compile_backbone and device.type == "cuda":

@@ -90,6 +90,12 @@ def _true_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def example_images(device: torch.device, side: int = 128) -> Tensor:
+    """A fixed ``(1, 3, side, side)`` input for ``fold_batch_norms``, drawn from its own generator:
+    building a model for inference must not move the global random stream that training and tests rely on."""
+    return torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def fold_batch_norms(model: nn.Module, example: Tensor, rtol: float = 1e-3) -> int:
     """Fold every batch norm that directly follows a convolution into it, in place; returns how many.
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataset.errors import Issue, IssueLog
-from dataset.fuse import fold_batch_norms
+from dataset.fuse import example_images, fold_batch_norms
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
@@ -66,7 +66,7 @@ class ModelRunner:
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
         if self.fold_norms:
-            fold_batch_norms(self.model.backbone, torch.rand(1, 3, 128, 128, device=self.device))
+            fold_batch_norms(self.model.backbone, example_images(self.device))
         settings = self.config.embed
         cuda = self.device.type == "cuda"
         self.dtype = settings.dtype if cuda else "fp32"
