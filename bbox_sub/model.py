@@ -26,7 +26,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from bbox_sub.config import ModelConfig
-from bbox_sub.postprocess import clip_to_sizes, nms_by_group, rank_within, split_by_owner
+from bbox_sub.postprocess import clip_to_sizes, nms_by_group, padded_nms, rank_within, split_by_owner
 from dataset.pretrained import load_lite_weights
 
 NUM_CLASSES = 2
@@ -89,12 +89,19 @@ class Fp32Predictor(FastRCNNPredictor):
 
 
 class BatchedRPN(RegionProposalNetwork):
-    """torchvision's RPN with proposal selection done for all images of the batch together."""
+    """torchvision's RPN with proposal selection done for all images of the batch together.
+
+    On CUDA the selection keeps fixed shapes throughout (``filter_proposals_dense``),
+    so it waits for the GPU only to learn how many proposals each image kept;
+    on CPU it compacts the candidates and runs one offset NMS per chunk of images.
+    """
 
     nms_chunk: int = 8
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
                          num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        if proposals.is_cuda:
+            return self.filter_proposals_dense(proposals, objectness, image_shapes, num_anchors_per_level)
         num_images, device = proposals.shape[0], proposals.device
         objectness = objectness.detach().reshape(num_images, -1)
         top_idx = self._get_top_n_idx(objectness, num_anchors_per_level)
@@ -126,13 +133,49 @@ class BatchedRPN(RegionProposalNetwork):
                                                    torch.cat(kept_boxes), torch.cat(kept_scores))
         return final_boxes, final_scores
 
+    def filter_proposals_dense(self, proposals: Tensor, objectness: Tensor, image_shapes: list[tuple[int, int]],
+                               num_anchors_per_level: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        """The same selection as torchvision's, as fixed-shape batch operations.
+
+        Each level's top-k of an image is already sorted by objectness, so the
+        (image, level) blocks are the rows of ``padded_nms`` as they are; the
+        best ``post_nms_top_n`` survivors of each image are one ``topk`` over
+        its rows. Equal to torchvision up to the order of exactly tied scores.
+        """
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        counts = [min(self.pre_nms_top_n(), n) for n in num_anchors_per_level]
+        width = max(counts)
+        boxes = proposals.new_zeros((num_images, len(counts), width, 4))
+        logits = objectness.new_full((num_images, len(counts), width), float("-inf"))
+        pieces = zip(objectness.split(num_anchors_per_level, 1), proposals.detach().split(num_anchors_per_level, 1))
+        for level, ((level_logits, level_boxes), count) in enumerate(zip(pieces, counts)):
+            top, index = level_logits.topk(count, dim=1)
+            logits[:, level, :count] = top
+            boxes[:, level, :count] = torch.gather(level_boxes, 1, index[..., None].expand(-1, -1, 4))
+        scores = torch.sigmoid(logits)
+        sizes = torch.tensor(image_shapes, device=boxes.device, dtype=boxes.dtype)
+        boxes = clip_to_sizes(boxes, sizes[:, 0, None, None], sizes[:, 1, None, None])
+        filled = torch.arange(width, device=boxes.device) < torch.tensor(counts, device=boxes.device)[:, None]
+        valid = (filled & (boxes[..., 2] - boxes[..., 0] >= self.min_size)
+                 & (boxes[..., 3] - boxes[..., 1] >= self.min_size) & (scores >= self.score_thresh))
+        keep = padded_nms(boxes.reshape(-1, width, 4), valid.reshape(-1, width), self.nms_thresh)
+        ranked = torch.where(keep.reshape(valid.shape), scores, -1.0).reshape(num_images, -1)
+        best, order = ranked.topk(min(self.post_nms_top_n(), ranked.shape[1]), dim=1)
+        chosen = torch.gather(boxes.reshape(num_images, -1, 4), 1, order[..., None].expand(-1, -1, 4))
+        kept = (best >= 0).sum(1).tolist()
+        return [chosen[i, :n] for i, n in enumerate(kept)], [best[i, :n] for i, n in enumerate(kept)]
+
 
 class BatchedRoIHeads(RoIHeads):
-    """torchvision's box head with detection selection done for all images of the batch together."""
+    """torchvision's box head with detection selection done for all images of the batch together
+    (fixed shapes on CUDA, ``postprocess_detections_dense``; compaction and offset NMS on CPU)."""
 
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
                                image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor],
                                                                              list[Tensor]]:
+        if class_logits.is_cuda:
+            return self.postprocess_detections_dense(class_logits, box_regression, proposals, image_shapes)
         device, num_images = class_logits.device, len(proposals)
         num_classes = class_logits.shape[-1]
         counts = torch.tensor([len(p) for p in proposals], device=device)
@@ -152,6 +195,47 @@ class BatchedRoIHeads(RoIHeads):
         out_boxes, out_scores, out_labels = split_by_owner(owner[keep], num_images,
                                                            boxes[keep], scores[keep], labels[keep])
         return out_boxes, out_scores, out_labels
+
+    def postprocess_detections_dense(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
+                                     image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor],
+                                                                                   list[Tensor]]:
+        """The same selection as torchvision's, as fixed-shape batch operations.
+
+        Every (image, class) is one row of ``padded_nms`` with its RoIs sorted
+        by score; an image's best ``detections_per_img`` survivors are one
+        ``topk`` over its rows. Equal to torchvision up to the order of exactly
+        tied scores.
+        """
+        num_images, device = len(proposals), class_logits.device
+        counts = [len(p) for p in proposals]
+        width, classes = max(counts, default=0), class_logits.shape[-1] - 1
+        if width == 0:
+            empty = [class_logits.new_zeros((0, 4)), class_logits.new_zeros((0,)),
+                     torch.zeros((0,), dtype=torch.int64, device=device)]
+            return tuple([t] * num_images for t in empty)  # type: ignore[return-value]
+        boxes = self.box_coder.decode(box_regression, proposals)[:, 1:]
+        scores = F.softmax(class_logits.float(), -1)[:, 1:]
+        slots = torch.cat([torch.arange(c) + i * width for i, c in enumerate(counts)]).to(device, non_blocking=True)
+        padded_scores = scores.new_full((num_images * width, classes), -1.0)
+        padded_scores[slots] = scores
+        padded_boxes = boxes.new_zeros((num_images * width, classes, 4))
+        padded_boxes[slots] = boxes
+        row_scores = padded_scores.view(num_images, width, classes).transpose(1, 2)
+        row_boxes = padded_boxes.view(num_images, width, classes, 4).transpose(1, 2)
+        sizes = torch.tensor(image_shapes, dtype=boxes.dtype).to(device, non_blocking=True)
+        row_boxes = clip_to_sizes(row_boxes, sizes[:, 0, None, None], sizes[:, 1, None, None])
+        row_scores, order = row_scores.sort(dim=-1, descending=True, stable=True)
+        row_boxes = torch.gather(row_boxes, 2, order[..., None].expand(-1, -1, -1, 4))
+        valid = ((row_scores > self.score_thresh) & (row_boxes[..., 2] - row_boxes[..., 0] >= 1e-2)
+                 & (row_boxes[..., 3] - row_boxes[..., 1] >= 1e-2))
+        keep = padded_nms(row_boxes.reshape(-1, width, 4), valid.reshape(-1, width), self.nms_thresh)
+        ranked = torch.where(keep.view(valid.shape), row_scores, -1.0).reshape(num_images, -1)
+        best, pick = ranked.topk(min(self.detections_per_img, ranked.shape[1]), dim=1)
+        chosen = torch.gather(row_boxes.reshape(num_images, -1, 4), 1, pick[..., None].expand(-1, -1, 4))
+        labels = pick // width + 1
+        kept = (best >= 0).sum(1).tolist()
+        return ([chosen[i, :n] for i, n in enumerate(kept)], [best[i, :n] for i, n in enumerate(kept)],
+                [labels[i, :n] for i, n in enumerate(kept)])
 
 
 class Detector(nn.Module):

@@ -61,7 +61,7 @@ def test_tiny_forward_eval_and_train() -> None:
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
 
 
-def test_batched_rpn_selection_matches_torchvision() -> None:
+def _rpn_case() -> tuple:
     torch.manual_seed(0)
     rpn = build_detector(load_detector_config("tiny").model).rpn.eval()
     levels = [600, 150, 40, 12, 4]
@@ -71,25 +71,47 @@ def test_batched_rpn_selection_matches_torchvision() -> None:
     proposals = torch.cat([xy, xy + wh], -1)
     objectness = torch.randn(num_images * sum(levels), 1)
     shapes = [(180, 200), (200, 150)] * 2 + [(160, 160)]
-    rpn.nms_chunk = 2  # several chunks, one of them partial
-    ours = rpn.filter_proposals(proposals, objectness, shapes, levels)
     reference = RegionProposalNetwork.filter_proposals(rpn, proposals, objectness, shapes, levels)
+    return rpn, (proposals, objectness, shapes, levels), reference
+
+
+def test_batched_rpn_selection_matches_torchvision() -> None:
+    rpn, inputs, reference = _rpn_case()
+    rpn.nms_chunk = 2  # several chunks, one of them partial
+    ours = rpn.filter_proposals(*inputs)
     for mine, theirs in zip(ours, reference):
         for a, b in zip(mine, theirs):
             assert torch.equal(a, b)
 
 
-def test_batched_detection_selection_matches_torchvision() -> None:
+@pytest.mark.parametrize("score_thresh", [0.0, 0.4])
+def test_dense_rpn_selection_matches_torchvision(score_thresh: float) -> None:
+    """The fixed-shape path CUDA takes, run here on CPU (some levels have fewer anchors than the top-k)."""
+    rpn, inputs, _ = _rpn_case()
+    rpn.score_thresh = score_thresh
+    reference = RegionProposalNetwork.filter_proposals(rpn, *inputs)
+    ours = rpn.filter_proposals_dense(*inputs)
+    for mine, theirs in zip(ours, reference):
+        assert [len(t) for t in mine] == [len(t) for t in theirs]
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.parametrize("path", ["postprocess_detections", "postprocess_detections_dense"])
+def test_batched_detection_selection_matches_torchvision(path: str, classes: int) -> None:
+    """Both paths, on CPU: the compacting one CPU takes and the fixed-shape one CUDA takes (the garment
+    detector has one class plus background; the selection is written for any number)."""
     torch.manual_seed(0)
     heads = build_detector(load_detector_config("tiny").model).roi_heads.eval()
     heads.score_thresh = 0.3
     heads.detections_per_img = 20
     proposals = [torch.cat([xy, xy + torch.rand(n, 2) * 60 + 2], 1) for n, xy in
                  ((50, torch.rand(50, 2) * 100), (0, torch.zeros(0, 2)), (80, torch.rand(80, 2) * 100))]
-    logits = torch.randn(130, 2)
-    regression = torch.randn(130, 8) * 0.1
+    logits = torch.randn(130, classes)
+    regression = torch.randn(130, 4 * classes) * 0.1
     shapes = [(120, 130), (100, 100), (140, 110)]
-    ours = heads.postprocess_detections(logits, regression, proposals, shapes)
+    ours = getattr(heads, path)(logits, regression, proposals, shapes)
     reference = RoIHeads.postprocess_detections(heads, logits, regression, proposals, shapes)
     for mine, theirs in zip(ours, reference):
         assert [len(t) for t in mine] == [len(t) for t in theirs]
