@@ -39,7 +39,7 @@ accuracy)
 synthetic_splits(Path('$work/data'), $items, $items, 0)"
     echo "=== detector and embedders training side by side ($(date +%T))" | tee -a "$log"
     timeout 420 python3 -m bench.detect_accuracy --config lite2 --train "$work/data/train" --val "$work/data/test" \
-        --work "$work/det" --set train.iteration_scale="${DET_SCALE:-0.02}" --set train.workers=6 \
+        --work "$work/det" --set train.iteration_scale="${DET_SCALE:-0.008}" --set train.workers=6 \
         --set train.eval_every=1000000 --set train.checkpoint_every=1000000 \
         --out "$out/detect_accuracy_cuda.json" >"$out/detector.log" 2>&1 &
     detector=$!

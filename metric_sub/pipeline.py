@@ -181,8 +181,10 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
             # that a resumed or repeated run embeds with the same head.
             seed_everything(0)
             runners = [load_runner(c, w, torch_device) for c, w in specs]
+            # Clips are decoded again for their crops, with as many threads as the detector used.
+            workers = _detector_config(detector[0]).infer.decode_workers if detector else 2
             # Small chunks: finer resume points and a progress bar whose ETA means something.
-            run_embedding(runners, refs, embed_dir, sources_per_chunk=16, progress=progress)
+            run_embedding(runners, refs, embed_dir, sources_per_chunk=16, workers=workers, progress=progress)
             stages.finish("embed", key)
         embeddings, meta = load_embeddings(embed_dir)
         issues.extend(IssueLog([_issue(i) for i in meta["issues"]]))  # crops that could not be read
