@@ -21,7 +21,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from bbox_sub.config import load_detector_config
 from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
-from bbox_sub.resize import to_chw
+from bbox_sub.resize import resize, to_chw
 from bench.common import measure, print_table, write_result
 from dataset.runtime import autocast, pick_device
 
@@ -33,7 +33,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_config(name: str, frames: list[np.ndarray], device: torch.device, repeats: int) -> dict:
+def time_config(name: str, frames: list[np.ndarray], device: torch.device, repeats: int,
+                backbone_only: bool) -> dict:
+    """The full path; with ``backbone_only`` also backbone + FPN alone on the same prepared batch, so the
+    table shows what box selection and the RoI head cost on top."""
     cfg = load_detector_config(name)
     detector = BatchDetector(build_detector(cfg.model), device, "bf16", channels_last=True)
 
@@ -42,8 +45,19 @@ def time_config(name: str, frames: list[np.ndarray], device: torch.device, repea
         _sync(device)
 
     seconds = measure(run, repeats=repeats, warmup=1)
-    return {"model": name, "backbone": cfg.model.backbone, "device": device.type, "batch": len(frames),
-            "seconds_per_batch": seconds, "frames_per_s": len(frames) / seconds}
+    row = {"model": name, "backbone": cfg.model.backbone, "device": device.type, "batch": len(frames),
+           "seconds_per_batch": seconds, "frames_per_s": len(frames) / seconds}
+    if backbone_only:
+        images = detector.model.preprocess(resize(to_chw(frames, device), 608, 4000), detector.channels_last)
+
+        @torch.inference_mode()
+        def run_backbone() -> None:
+            with autocast(device, "bf16"):
+                detector.model.backbone(images.tensors)
+            _sync(device)
+
+        row["backbone_frames_per_s"] = len(frames) / measure(run_backbone, repeats=repeats, warmup=1)
+    return row
 
 
 def time_reference(frames: list[np.ndarray], device: torch.device, repeats: int) -> dict:
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on CUDA, 2 on CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--backbone-only", action="store_true",
+                        help="also time backbone + FPN alone (what the box selection costs on top)")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
@@ -78,10 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (960, 540, 3), dtype=np.uint8) for _ in range(args.batch)]
     torch.manual_seed(0)
-    rows = [time_config(name.strip(), frames, device, repeats) for name in args.configs.split(",") if name.strip()]
+    rows = [time_config(name.strip(), frames, device, repeats, args.backbone_only)
+            for name in args.configs.split(",") if name.strip()]
     if not args.no_reference:
         rows.append(time_reference(frames, device, repeats))
     columns = ["model", "backbone", "device", "batch", "seconds_per_batch", "frames_per_s"]
+    if args.backbone_only:
+        columns.append("backbone_frames_per_s")
     print_table(rows, columns)
     write_result(args.out, "detect", rows, {"frame": "540x960 portrait", "short_side": 608, "repeats": repeats,
                                            "precision": "bf16 + channels_last" if device.type == "cuda" else "fp32",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA runs behind the *_cuda.json results, in two parts that each fit a 10-minute slot on one GPU.
-#   bench/gpu_suite.sh speed OUT_DIR          agreement tests, detector and embedder throughput
+#   bench/gpu_suite.sh speed OUT_DIR          agreement tests, detector (and backbone-alone) and embedder throughput
 #   bench/gpu_suite.sh accuracy OUT_DIR WORK  synthetic data, detector + light embedders trained side by side,
 #                                             then the light pipeline end to end on the held-out split
 # Every step has its own time limit and a failed step does not stop the next; logs go to OUT_DIR/log.txt.
@@ -24,12 +24,12 @@ case "$part" in
 speed)
     step 150 agreement env CUDA_VISIBLE_DEVICES=0 python3 -m pytest -q -p no:cacheprovider \
         tests/test_cuda_agreement.py tests/test_bbox_model.py
-    step 150 detect python3 -m bench.detect --device cuda --out "$out/detect_cuda.json"
+    step 180 detect python3 -m bench.detect --device cuda --backbone-only --out "$out/detect_cuda.json"
     step 120 embed-lite python3 -m bench.embed --device cuda --configs lite0,lite1,lite2 --crops-per-bucket 128 \
         --out "$out/embed_lite_cuda.json"
     step 150 embed-seed python3 -m bench.embed --device cuda --configs seed_b5a,seed_b5b,seed_b6,seed_b7 \
         --crops-per-bucket 128 --repeats 2 --out "$out/embed_seed_cuda.json"
-    step 150 embed-compiled python3 -m bench.embed --device cuda --configs seed_b5a,lite0 --crops-per-bucket 128 \
+    step 200 embed-compiled python3 -m bench.embed --device cuda --configs seed_b5a --crops-per-bucket 128 \
         --compile --cuda-graphs --out "$out/embed_compiled_cuda.json"
     ;;
 accuracy)
