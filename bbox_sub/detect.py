@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from bbox_sub.config import Precision
 from bbox_sub.model import Detector
@@ -42,18 +43,20 @@ class BatchDetector:
             model.backbone = torch.compile(model.backbone, dynamic=False)
         self.model = model
 
+    def prepare(self, pictures: list[np.ndarray], short_side: int, max_size: int) -> ImageList:
+        """Upload, resize, normalise and pad; pictures of one size (frames of a clip) are resized together."""
+        if len({p.shape for p in pictures}) == 1:
+            return self.model.preprocess(resize(to_chw(pictures, self.device), short_side, max_size),
+                                         self.channels_last)
+        return self.model.preprocess([resize(to_chw(p, self.device), short_side, max_size) for p in pictures],
+                                     self.channels_last)
+
     @torch.inference_mode()
     def __call__(self, pictures: list[np.ndarray], short_side: int, max_size: int) -> list[Detections]:
-        """Detect garments in RGB uint8 pictures; pictures of one size (frames of a clip) are resized together."""
+        """Detect garments in RGB uint8 pictures."""
         if not pictures:
             return []
-        same_size = len({p.shape for p in pictures}) == 1
-        if same_size:
-            batch = resize(to_chw(pictures, self.device), short_side, max_size)
-            images = self.model.preprocess(batch, self.channels_last)
-        else:
-            images = self.model.preprocess([resize(to_chw(p, self.device), short_side, max_size)
-                                            for p in pictures], self.channels_last)
+        images = self.prepare(pictures, short_side, max_size)
         with autocast(self.device, self.precision):
             outputs = self.model(images)
         results = []

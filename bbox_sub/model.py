@@ -26,7 +26,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from bbox_sub.config import ModelConfig
-from bbox_sub.postprocess import clip_to_sizes, nms_by_group, padded_nms, rank_within, split_by_owner
+from bbox_sub.postprocess import (best_survivors, clip_to_sizes, nms_by_group, padded_nms, rank_within,
+                                  split_by_owner)
 from dataset.pretrained import load_lite_weights
 
 NUM_CLASSES = 2
@@ -160,11 +161,9 @@ class BatchedRPN(RegionProposalNetwork):
         valid = (filled & (boxes[..., 2] - boxes[..., 0] >= self.min_size)
                  & (boxes[..., 3] - boxes[..., 1] >= self.min_size) & (scores >= self.score_thresh))
         keep = padded_nms(boxes.reshape(-1, width, 4), valid.reshape(-1, width), self.nms_thresh)
-        ranked = torch.where(keep.reshape(valid.shape), scores, -1.0).reshape(num_images, -1)
-        best, order = ranked.topk(min(self.post_nms_top_n(), ranked.shape[1]), dim=1)
-        chosen = torch.gather(boxes.reshape(num_images, -1, 4), 1, order[..., None].expand(-1, -1, 4))
-        kept = (best >= 0).sum(1).tolist()
-        return [chosen[i, :n] for i, n in enumerate(kept)], [best[i, :n] for i, n in enumerate(kept)]
+        chosen, best, _ = best_survivors(boxes.reshape(num_images, -1, 4), scores.reshape(num_images, -1),
+                                         keep.reshape(num_images, -1), self.post_nms_top_n())
+        return chosen, best
 
 
 class BatchedRoIHeads(RoIHeads):
@@ -229,13 +228,9 @@ class BatchedRoIHeads(RoIHeads):
         valid = ((row_scores > self.score_thresh) & (row_boxes[..., 2] - row_boxes[..., 0] >= 1e-2)
                  & (row_boxes[..., 3] - row_boxes[..., 1] >= 1e-2))
         keep = padded_nms(row_boxes.reshape(-1, width, 4), valid.reshape(-1, width), self.nms_thresh)
-        ranked = torch.where(keep.view(valid.shape), row_scores, -1.0).reshape(num_images, -1)
-        best, pick = ranked.topk(min(self.detections_per_img, ranked.shape[1]), dim=1)
-        chosen = torch.gather(row_boxes.reshape(num_images, -1, 4), 1, pick[..., None].expand(-1, -1, 4))
-        labels = pick // width + 1
-        kept = (best >= 0).sum(1).tolist()
-        return ([chosen[i, :n] for i, n in enumerate(kept)], [best[i, :n] for i, n in enumerate(kept)],
-                [labels[i, :n] for i, n in enumerate(kept)])
+        chosen, best, picks = best_survivors(row_boxes.reshape(num_images, -1, 4), row_scores.reshape(num_images, -1),
+                                             keep.reshape(num_images, -1), self.detections_per_img)
+        return chosen, best, [pick // width + 1 for pick in picks]
 
 
 class Detector(nn.Module):

@@ -84,14 +84,17 @@ def padded_nms(boxes: Tensor, valid: Tensor, iou_threshold: float, max_pairs: in
     return keep
 
 
+def _pairwise_overlap(low: Tensor, high: Tensor) -> Tensor:
+    """``(G, K, K)`` length of the overlap of every pair of ``(G, K)`` intervals along one axis."""
+    return (torch.minimum(high[:, :, None], high[:, None, :]) - torch.maximum(low[:, :, None], low[:, None, :])
+            ).clamp(min=0)
+
+
 def _greedy_keep(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS survivors of ``(G, K, 4)`` boxes, each row sorted best first, as the Cluster-NMS fixed point."""
     x1, y1, x2, y2 = boxes.unbind(-1)
     area = (x2 - x1) * (y2 - y1)
-    width = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp(min=0)
-    height = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp(min=0)
-    inter = width * height
-    del width, height
+    inter = _pairwise_overlap(x1, x2) * _pairwise_overlap(y1, y2)
     overlaps = inter / (area[:, :, None] + area[:, None, :] - inter) > iou_threshold
     del inter
     overlaps &= torch.ones(overlaps.shape[-2:], dtype=torch.bool, device=boxes.device).triu(1)
@@ -105,6 +108,21 @@ def _greedy_keep(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
             keep = valid & ~hit
         if torch.equal(keep, previous):
             return keep
+
+
+def best_survivors(boxes: Tensor, scores: Tensor, keep: Tensor, limit: int
+                   ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per image, the ``limit`` best-scoring kept boxes, best first, from ``(N, M, 4)`` boxes and ``(N, M)``
+    scores (in 0..1) and keep mask; returns per-image boxes, scores and positions in ``M``.
+
+    One ``topk`` for the whole batch; the only wait for the GPU is learning how many each image kept.
+    """
+    ranked = torch.where(keep, scores, -1.0)
+    best, pick = ranked.topk(min(limit, ranked.shape[1]), dim=1)
+    chosen = torch.gather(boxes, 1, pick[..., None].expand(-1, -1, 4))
+    kept = (best >= 0).sum(1).tolist()
+    return ([chosen[i, :n] for i, n in enumerate(kept)], [best[i, :n] for i, n in enumerate(kept)],
+            [pick[i, :n] for i, n in enumerate(kept)])
 
 
 def rank_within(owner: Tensor, count: int) -> Tensor:

@@ -21,7 +21,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from bbox_sub.config import load_detector_config
 from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
-from bbox_sub.resize import resize, to_chw
+from bbox_sub.resize import to_chw
 from bench.common import measure, print_table, write_result
 from dataset.runtime import autocast, pick_device
 
@@ -48,7 +48,7 @@ def time_config(name: str, frames: list[np.ndarray], device: torch.device, repea
     row = {"model": name, "backbone": cfg.model.backbone, "device": device.type, "batch": len(frames),
            "seconds_per_batch": seconds, "frames_per_s": len(frames) / seconds}
     if backbone_only:
-        images = detector.model.preprocess(resize(to_chw(frames, device), 608, 4000), detector.channels_last)
+        images = detector.prepare(frames, 608, 4000)
 
         @torch.inference_mode()
         def run_backbone() -> None:

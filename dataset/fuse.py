@@ -15,13 +15,12 @@ original on the same input before it is accepted.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from timm.layers.norm_act import FrozenBatchNormAct2d
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from dataset.runtime import true_fp32
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d, FrozenBatchNormAct2d)
 """timm's ``freeze_batch_norm_2d`` turns norms into the two frozen kinds, which are not BatchNorm2d subclasses."""
@@ -78,18 +77,6 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
 
 
-@contextlib.contextmanager
-def _true_fp32() -> Iterator[None]:
-    """TF32 off while the folded model is checked: its rounding, compounded over a deep trained network,
-    reaches several percent and would hide (or fake) a real difference."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def example_images(device: torch.device, side: int = 128) -> Tensor:
     """A fixed ``(1, 3, side, side)`` input for ``fold_batch_norms``, drawn from its own generator:
     building a model for inference must not move the global random stream that training and tests rely on."""
@@ -103,18 +90,19 @@ def fold_batch_norms(model: nn.Module, example: Tensor, rtol: float = 1e-3) -> i
     ``model(example)``. Raises if the folded model's output differs from the
     original's by more than ``rtol`` of its largest magnitude (a norm whose
     convolution output also went elsewhere would do that); the model is then
-    left half-folded and must be rebuilt.
+    left half-folded and must be rebuilt. The check runs without TF32, whose
+    rounding, compounded over a deep trained network, reaches several percent.
     """
     if model.training:
         raise ValueError("fold_batch_norms needs a model in eval mode")
-    with torch.no_grad(), _true_fp32():
+    with torch.no_grad(), true_fp32():
         before = model(example)
     pairs = [(conv, norm) for conv, norm in _conv_norm_pairs(model, example)
              if conv.out_channels == norm.running_mean.numel()]
     for conv, norm in pairs:
         _fold(conv, norm)
         _replace(model, norm, _after_norm(norm))
-    with torch.no_grad(), _true_fp32():
+    with torch.no_grad(), true_fp32():
         after = model(example)
     for old, new in zip(_flat(before), _flat(after)):
         error = (old.float() - new.float()).abs().max()

@@ -43,6 +43,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def true_fp32() -> Iterator[None]:
+    """TF32 off inside the block, so float32 work on CUDA is true float32 (comparisons against the CPU or
+    against another float32 result would otherwise see TF32's ten-bit rounding, compounded layer by layer)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def autocast(device: torch.device, dtype: str = "bf16") -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA (``bf16``/``fp16``); a no-op on CPU or with ``fp32``."""
     if device.type != "cuda" or dtype == "fp32":

@@ -61,7 +61,7 @@ class ModelRunner:
     device: torch.device
     weights: str | None = None
     fold_norms: bool = True
-    """Fold the backbone's batch norms into its convolutions, in place (``dataset.fuse``); off for a model in training."""
+    """Fold the backbone's batch norms into its convolutions, in place (``dataset.fuse``); off while training."""
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)

@@ -15,6 +15,7 @@ import torch
 from bbox_sub.config import load_detector_config
 from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
+from dataset.runtime import true_fp32
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import ModelRunner
 from metric_sub.model import build_embedder
@@ -25,11 +26,9 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 @pytest.fixture(autouse=True)
-def true_fp32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+def without_tf32():
+    with true_fp32():
+        yield
 
 
 def _detector():
