@@ -13,11 +13,15 @@ from bbox_sub.detect import BatchDetector, Detections
 from dataset.errors import DataError
 
 
+Truth = tuple[int, int, np.ndarray]
+"""A picture's ``(height, width, ground-truth boxes)``."""
+
+
 def _xywh(box: np.ndarray) -> list[float]:
     return [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
 
 
-def coco_ap(truths: list[tuple[int, int, np.ndarray]], detections: list[Detections]) -> dict[str, float]:
+def coco_ap(truths: list[Truth], detections: list[Detections]) -> dict[str, float]:
     """``ap`` (IoU 0.50:0.95) and ``ap50`` over pictures given as ``(height, width, boxes)`` with their detections."""
     gt: dict = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "clothes"}]}
     results = []
@@ -42,11 +46,10 @@ def coco_ap(truths: list[tuple[int, int, np.ndarray]], detections: list[Detectio
     return {"ap": max(float(evaluator.stats[0]), 0.0), "ap50": max(float(evaluator.stats[1]), 0.0)}
 
 
-def evaluate(detector: BatchDetector, samples: list[Sample], image_size: tuple[int, int],
-             frame_size: tuple[int, int], batch_size: int = 8) -> dict[str, float]:
-    """AP over shop images (at ``image_size`` = short side, max size) and clip frames (at ``frame_size``)."""
-    truths: list[tuple[int, int, np.ndarray]] = []
-    found: list[Detections] = []
+def detect_samples(detector: BatchDetector, samples: list[Sample], image_size: tuple[int, int],
+                   frame_size: tuple[int, int], batch_size: int = 8) -> list[tuple[str, Truth, Detections]]:
+    """``(kind, truth, detections)`` per readable sample: one pass that any split of the samples can be scored on."""
+    scored: list[tuple[str, Truth, Detections]] = []
     for kind, (short_side, max_size) in (("image", image_size), ("video", frame_size)):
         chosen = [s for s in samples if s.kind == kind]
         for start in range(0, len(chosen), batch_size):
@@ -58,6 +61,17 @@ def evaluate(detector: BatchDetector, samples: list[Sample], image_size: tuple[i
                     continue
                 pictures.append(picture)
                 boxes.append(truth)
-            found += detector(pictures, short_side, max_size)
-            truths += [(p.shape[0], p.shape[1], b) for p, b in zip(pictures, boxes)]
-    return {**coco_ap(truths, found), "pictures": len(truths)}
+            found = detector(pictures, short_side, max_size)
+            scored += [(kind, (p.shape[0], p.shape[1], b), f) for p, b, f in zip(pictures, boxes, found)]
+    return scored
+
+
+def score_detections(scored: list[tuple[str, Truth, Detections]]) -> dict[str, float]:
+    """AP, AP50 and the picture count of ``detect_samples`` output (or any subset of it)."""
+    return {**coco_ap([t for _, t, _ in scored], [f for _, _, f in scored]), "pictures": len(scored)}
+
+
+def evaluate(detector: BatchDetector, samples: list[Sample], image_size: tuple[int, int],
+             frame_size: tuple[int, int], batch_size: int = 8) -> dict[str, float]:
+    """AP over shop images (at ``image_size`` = short side, max size) and clip frames (at ``frame_size``)."""
+    return score_detections(detect_samples(detector, samples, image_size, frame_size, batch_size))

@@ -5,8 +5,9 @@ Two measurements, each optional:
 * ``--synthetic``: generate a train and a disjoint test split with
   ``dataset.synth``, train each ``--train-configs`` entry on the train split,
   embed the test split and score it (plus the untrained ImageNet Lite
-  ensemble as a baseline). ``tiny`` fits a CPU; ``lite0,lite1,lite2`` and the
-  seed configs want a GPU.
+  ensemble as a baseline). Training runs without validation, so the scored
+  weights are the final ones and the test split is seen once, after training.
+  ``tiny`` fits a CPU; ``lite0,lite1,lite2`` and the seed configs want a GPU.
 * ``--zero-shot``: the ImageNet Lite ensemble without any training on
   ``../shared/data/taobao_live_sample`` (10 real items; a small sample).
 
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_embedder_config(name.strip(), [*args.overrides, f"train.device={device}"])
             out = args.work / "runs" / config.name
             with Timer() as timer:
-                Trainer(config, [train_root], out, [test_root]).run()
+                Trainer(config, [train_root], out).run()
             trained.append(load_runner(config, out / "best.pt", device))
             rows.append({"data": "synthetic test", "model": config.name, "trained": True,
                          "train_s": round(timer.seconds, 1), **score(trained[-1:], test_root, args.min_frame)})

@@ -34,23 +34,23 @@ speed)
     ;;
 accuracy)
     work=${3:?usage: bench/gpu_suite.sh accuracy OUT_DIR WORK}
-    items=${ITEMS:-60}
-    step 240 data python3 -c "from pathlib import Path; from bench.common import synthetic_splits; \
+    items=${ITEMS:-40}
+    step 120 data python3 -c "from pathlib import Path; from bench.common import synthetic_splits; \
 synthetic_splits(Path('$work/data'), $items, $items, 0)"
     echo "=== detector and embedders training side by side ($(date +%T))" | tee -a "$log"
-    timeout 420 python3 -m bench.detect_accuracy --config lite2 --train "$work/data/train" --val "$work/data/test" \
+    timeout 330 python3 -m bench.detect_accuracy --config lite2 --train "$work/data/train" --val "$work/data/test" \
         --work "$work/det" --set train.iteration_scale="${DET_SCALE:-0.008}" --set train.workers=6 \
         --set train.eval_every=1000000 --set train.checkpoint_every=1000000 \
         --out "$out/detect_accuracy_cuda.json" >"$out/detector.log" 2>&1 &
     detector=$!
-    timeout 420 python3 -m bench.embed_accuracy --synthetic --train-configs lite0,lite1,lite2 --items "$items" \
+    timeout 330 python3 -m bench.embed_accuracy --synthetic --train-configs lite0,lite1,lite2 --items "$items" \
         --work "$work" --set train.workers=6 --out "$out/embed_accuracy_cuda.json" >"$out/embedders.log" 2>&1
     echo "=== embedders: exit $? ($(date +%T))" | tee -a "$log"
     wait $detector
     echo "=== detector: exit $? ($(date +%T))" | tee -a "$log"
     det="$work/det/run/model_final.pth"
     embs=$(ls "$work"/runs/lite{0,1,2}/best.pt 2>/dev/null | paste -sd, -)
-    step 240 e2e python3 -m bench.e2e --setups light --data "$work/data/test" --device cuda \
+    step 140 e2e python3 -m bench.e2e --setups light --data "$work/data/test" --device cuda \
         --weights light "$det" "$embs" --detector-set infer.decode_workers=$((cores / 2)) --out "$out/e2e_cuda.json"
     tail -n 25 "$out/detector.log" "$out/embedders.log" >>"$log"
     ;;

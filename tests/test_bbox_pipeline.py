@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from bbox_sub.config import DetectorConfig, load_detector_config
+from bbox_sub.detect import Detections
+from bbox_sub.evaluate import coco_ap, score_detections
 from bbox_sub.infer import run_inference
 from bbox_sub.model import build_detector
 from bbox_sub.schema import BoxesSchemaError, load_boxes, validate_boxes
@@ -152,3 +154,23 @@ def test_schema_rejects_bad_boxes(tmp_path: Path) -> None:
         bad["images"][0][field] = value
         with pytest.raises(BoxesSchemaError, match=message):
             validate_boxes(bad)
+
+
+def _found(boxes: list[list[float]], scores: list[float]) -> Detections:
+    return Detections(np.array(boxes, dtype=np.float32).reshape(-1, 4), np.array(scores, dtype=np.float32))
+
+
+def test_ap_scores_hand_made_detections_and_splits() -> None:
+    truth = (100, 200, np.array([[10, 10, 60, 90], [100, 20, 180, 80]], dtype=np.float32))
+    exact = _found([[10, 10, 60, 90], [100, 20, 180, 80]], [0.9, 0.8])
+    loose = _found([[14, 10, 64, 90], [100, 20, 180, 80]], [0.9, 0.8])  # first box at IoU 0.85
+    miss = _found([[0, 0, 5, 5]], [0.99])
+    assert coco_ap([truth], [exact]) == {"ap": 1.0, "ap50": 1.0}
+    loose_ap = coco_ap([truth], [loose])
+    assert loose_ap["ap50"] == 1.0 and 0.5 < loose_ap["ap"] < 1.0
+    assert coco_ap([truth], [miss]) == {"ap": 0.0, "ap50": 0.0}
+    scored = [("image", truth, exact), ("video", truth, miss)]
+    assert score_detections([s for s in scored if s[0] == "image"])["ap50"] == 1.0
+    both = score_detections(scored)
+    # half the truths found, at precision 2/3 behind the confident miss: 51 of COCO's 101 recall points x 2/3
+    assert both["pictures"] == 2 and both["ap50"] == pytest.approx(51 / 101 * 2 / 3, abs=1e-3)
