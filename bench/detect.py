@@ -4,10 +4,10 @@
 
 Each config runs the full inference path of ``bbox_sub.detect.BatchDetector``
 (upload, batched resize, normalisation, backbone + FPN, RPN, RoI heads, box
-selection) on random weights, so the RPN keeps its full 1000 proposals per
-frame as a trained model would. torchvision's reference
-``fasterrcnn_resnet50_fpn`` is timed in the same run on the same frames as the
-yardstick. On CUDA both run with bf16 autocast and channels_last.
+selection) on random weights, so the RPN keeps its full proposal count per
+frame as a trained model would (``--set model.rpn_post_nms_top_n_test=N``
+changes it). torchvision's reference ``fasterrcnn_resnet50_fpn`` is timed in
+the same run on the same frames as the yardstick. On CUDA both run with bf16 autocast and channels_last.
 """
 from __future__ import annotations
 
@@ -34,10 +34,10 @@ def _sync(device: torch.device) -> None:
 
 
 def time_config(name: str, frames: list[np.ndarray], device: torch.device, repeats: int,
-                backbone_only: bool) -> dict:
+                backbone_only: bool, overrides: list[str]) -> dict:
     """The full path; with ``backbone_only`` also backbone + FPN alone on the same prepared batch, so the
     table shows what box selection and the RoI head cost on top."""
-    cfg = load_detector_config(name)
+    cfg = load_detector_config(name, overrides)
     detector = BatchDetector(build_detector(cfg.model), device, "bf16", channels_last=True)
 
     def run() -> None:
@@ -46,7 +46,8 @@ def time_config(name: str, frames: list[np.ndarray], device: torch.device, repea
 
     seconds = measure(run, repeats=repeats, warmup=1)
     row = {"model": name, "backbone": cfg.model.backbone, "device": device.type, "batch": len(frames),
-           "seconds_per_batch": seconds, "frames_per_s": len(frames) / seconds}
+           "proposals": cfg.model.rpn_post_nms_top_n_test, "seconds_per_batch": seconds,
+           "frames_per_s": len(frames) / seconds}
     if backbone_only:
         images = detector.prepare(frames, 608, 4000)
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=None, help="timed runs (default 10 on CUDA, 2 on CPU)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value in every config, e.g. model.rpn_post_nms_top_n_test=300")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--backbone-only", action="store_true",
                         help="also time backbone + FPN alone (what the box selection costs on top)")
@@ -94,15 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (960, 540, 3), dtype=np.uint8) for _ in range(args.batch)]
     torch.manual_seed(0)
-    rows = [time_config(name.strip(), frames, device, repeats, args.backbone_only)
+    rows = [time_config(name.strip(), frames, device, repeats, args.backbone_only, args.set)
             for name in args.configs.split(",") if name.strip()]
     if not args.no_reference:
         rows.append(time_reference(frames, device, repeats))
-    columns = ["model", "backbone", "device", "batch", "seconds_per_batch", "frames_per_s"]
+    columns = ["model", "backbone", "device", "batch", "proposals", "seconds_per_batch", "frames_per_s"]
     if args.backbone_only:
         columns.append("backbone_frames_per_s")
     print_table(rows, columns)
     write_result(args.out, "detect", rows, {"frame": "540x960 portrait", "short_side": 608, "repeats": repeats,
+                                           "overrides": args.set,
                                            "precision": "bf16 + channels_last" if device.type == "cuda" else "fp32",
                                            "threads": torch.get_num_threads()})
     print(f"wrote {args.out}")

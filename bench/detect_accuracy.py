@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         "config": cfg.name, "overrides": args.set, "items": args.items, "val_items": args.val_items,
         "small": args.small, "iterations": iterations, "train_seconds": train_seconds,
         "weights": str(args.weights) if args.weights else "trained in this run",
-        "device": device.type, "train_roots": [str(r) for r in train_roots] if args.train or args.weights else "generated"})
+        "device": device.type,
+        "train_roots": [str(r) for r in train_roots] if args.train or args.weights else "generated"})
     print(f"wrote {args.out}")
 
 
