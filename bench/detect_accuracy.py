@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, ["config", "split", "pictures", "ap50", "ap"])
     iterations = sum(cfg.train.scaled(s).iterations for s in cfg.train.stages)
     write_result(args.out, "detect_accuracy", rows, {
-        "config": cfg.name, "overrides": args.set, "items": args.items, "val_items": args.val_items,
+        "config": cfg.name, "overrides": args.set,
+        "items": None if args.val else args.items, "val_items": None if args.val else args.val_items,
         "small": args.small, "iterations": iterations, "train_seconds": train_seconds,
         "weights": str(args.weights) if args.weights else "trained in this run",
         "device": device.type,
