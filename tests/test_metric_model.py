@@ -50,6 +50,17 @@ def test_lite_config_starts_from_imagenet_weights() -> None:
         assert torch.equal(model.backbone.state_dict()[key], tensor), key
 
 
+def test_untrained_lite_embedder_is_the_same_in_every_process() -> None:
+    """Zero-shot retrieval uses the ImageNet trunk and the initial neck: neither may follow the global seed."""
+    config = load_embedder_config("lite0")
+    images = torch.randint(0, 256, (2, 3, 96, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        outputs.append(build_embedder(config).eval().embed(images))
+    assert torch.equal(outputs[0], outputs[1])
+
+
 def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loss.scale"):
         load_embedder_config("tiny", ["loss.scale=-1"])
