@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [{"config": cfg.name, "split": split,
                  **score_detections([s for s in scored if kind in (None, s[0])])} for split, kind in splits]
     print_table(rows, ["config", "split", "pictures", "ap50", "ap"])
-    iterations = sum(cfg.train.scaled(s).iterations for s in cfg.train.stages)
+    iterations = None if args.weights else sum(cfg.train.scaled(s).iterations for s in cfg.train.stages)
     write_result(args.out, "detect_accuracy", rows, {
         "config": cfg.name, "overrides": args.set,
         "items": None if args.val else args.items, "val_items": None if args.val else args.val_items,

@@ -46,7 +46,7 @@ from dataset.errors import DataError, Issue, IssueLog
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.records import Dataset
-from dataset.runtime import pick_device, seed_everything
+from dataset.runtime import pick_device
 from dataset.score import load_result, score, write_result
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import ground_truth_crops
@@ -177,9 +177,6 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
         key = digest([r.to_json() for r in refs], [[c.model_dump(mode="json", exclude={"embed", "train"}),
                                                      file_stamp(w)] for c, w in specs])
         if not (stages.done("embed", key) and (embed_dir / "embeddings.json").is_file()):
-            # A Lite model without a checkpoint gets a randomly initialised projection head: seed it, so
-            # that a resumed or repeated run embeds with the same head.
-            seed_everything(0)
             runners = [load_runner(c, w, torch_device) for c, w in specs]
             # Clips are decoded again for their crops, with as many threads as the detector used.
             workers = _detector_config(detector[0]).infer.decode_workers if detector else 2
