@@ -149,7 +149,7 @@ def detect_videos(detector: BatchDetector, videos: list[Video], settings: InferC
 
 
 def run_inference(cfg: DetectorConfig, weights: Path, roots: list[Path], out: Path, device: str = "auto",
-                  issues: IssueLog | None = None) -> dict[str, Any]:
+                  issues: IssueLog | None = None, progress: bool = True) -> dict[str, Any]:
     """Detect in every image and clip of ``roots``; writes ``out`` and returns the document written."""
     issues = issues if issues is not None else IssueLog()
     settings = cfg.infer
@@ -165,9 +165,11 @@ def run_inference(cfg: DetectorConfig, weights: Path, roots: list[Path], out: Pa
             model = load_detector(cfg.model, weights, torch_device)
             detector = BatchDetector(model, torch_device, settings.precision, settings.channels_last,
                                      settings.compile)
-            with tqdm(total=len(todo_images), desc="images", unit="img", dynamic_ncols=True) as bar:
+            with tqdm(total=len(todo_images), desc="images", unit="img", dynamic_ncols=True,
+                      disable=not progress) as bar:
                 detect_images(detector, todo_images, settings, cache, issues, bar)
-            with tqdm(total=len(todo_videos), desc="clips", unit="clip", dynamic_ncols=True) as bar:
+            with tqdm(total=len(todo_videos), desc="clips", unit="clip", dynamic_ncols=True,
+                      disable=not progress) as bar:
                 detect_videos(detector, todo_videos, settings, cache, issues, bar)
     finally:
         cache.close()

@@ -1,7 +1,8 @@
 """The whole matcher: a dataset root in, ``result.json`` out, every stage cached so a killed run resumes.
 
 ``python -m metric_sub.pipeline DATA_ROOT [DATA_ROOT ...] OUT_DIR [--detector CFG WEIGHTS]
-[--embedders CFG WEIGHTS [CFG WEIGHTS ...]] [--match match.yaml] [--set vote.cutoff=1.0]``
+[--embedders CFG WEIGHTS [CFG WEIGHTS ...]] [--embedder-set data.bucket_scale=0.5] [--match match.yaml]
+[--set vote.cutoff=1.0]``
 
 Public API (the REST service calls it)::
 
@@ -165,7 +166,8 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
         return _Stage(name, index, outcome.stage_seconds)
 
     with timed("detect", 1):
-        refs = _detect_stage(data, roots, out, detector, ground_truth_boxes, str(torch_device), issues, stages)
+        refs = _detect_stage(data, roots, out, detector, ground_truth_boxes, str(torch_device), issues, stages,
+                             progress)
     outcome.skipped = _skipped(issues)
     if stop_after == "detect":
         outcome.stopped_after = "detect"
@@ -234,7 +236,7 @@ class _Stage:
 
 
 def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: ModelSpec | None, ground_truth: bool,
-                  device: str, issues: IssueLog, stages: StageLog) -> list:
+                  device: str, issues: IssueLog, stages: StageLog, progress: bool) -> list:
     """Boxes of every shop image and sampled clip frame, as crop refs (skips recorded in ``issues``)."""
     if ground_truth or detector is None:
         return ground_truth_crops(data, min_frame=0, include_unlabelled=True)
@@ -244,7 +246,7 @@ def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: ModelSp
     if stages.done("detect", key) and boxes_path.is_file():
         document = json.loads(boxes_path.read_text())
     else:
-        document = run_inference(cfg, weights, roots, boxes_path, device, IssueLog())
+        document = run_inference(cfg, weights, roots, boxes_path, device, IssueLog(), progress)
         stages.finish("detect", key)
     for skipped in document["skipped"]:
         issues.error(DataError(skipped["path"], skipped["problem"]))
@@ -280,6 +282,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--embedders", nargs="+", metavar="CFG WEIGHTS",
                         help="config and checkpoint pairs; '-' keeps a Lite config's ImageNet weights "
                              "(default: lite0 - lite1 - lite2 -)")
+    parser.add_argument("--embedder-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value in every embedder config, e.g. data.bucket_scale=0.5")
     parser.add_argument("--match", type=Path, default=None, help="match config YAML (default: the bundled one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a match config value, e.g. vote.cutoff=1.0")
@@ -302,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else list(DEFAULT_EMBEDDERS))
     try:
         config = load_match_config(args.match, args.overrides)
+        embedders = [(load_embedder_config(name, args.embedder_set), weights) for name, weights in embedders]
         detector = ((load_detector_config(args.detector[0], args.detector_set), args.detector[1])
                     if args.detector else None)
         result = run_pipeline(args.paths[:-1], args.paths[-1], detector,
