@@ -259,7 +259,8 @@ def _router() -> APIRouter:
                            id: Annotated[str | None, Form()] = None) -> MatchResponse:
         """The same as ``/v1/match/folder`` with uploaded files: one MP4 clip, or JPEG/PNG shop images."""
         service = _service(request)
-        with upload_dir() as folder:
+        _, store = service.ready()
+        with upload_dir(store.uploads) as folder:
             kind, paths = await stage(files, Path(folder))
             source_id = _upload_id(id, kind, paths, required=False)
             return await _match(service, kind, source_id, paths, "upload", strict=True)
@@ -277,7 +278,8 @@ def _router() -> APIRouter:
                          id: Annotated[str | None, Form()] = None) -> JSONResponse:
         """Index uploaded shop images (``id`` required) or one clip (``id`` defaults to the file stem)."""
         service = _service(request)
-        with upload_dir() as folder:
+        _, store = service.ready()
+        with upload_dir(store.uploads) as folder:
             kind, paths = await stage(files, Path(folder))
             source_id = _upload_id(id, kind, paths, required=True)
             return await _add(service, kind, source_id, paths, "upload", strict=True)

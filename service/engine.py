@@ -63,7 +63,7 @@ def _file_digest(path: Path | None) -> str | None:
 
 def _concat(a: BoxTable, b: BoxTable) -> BoxTable:
     return BoxTable(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
-                      ("source", "score", "frame", "box", "name")))
+                      ("source", "score", "frame", "box", "name", "vectors")))
 
 
 def _retrievals(distances: np.ndarray, rows: np.ndarray) -> Retrievals:

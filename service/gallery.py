@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -79,7 +80,8 @@ class SourceBoxes:
     skipped: list[str] = field(default_factory=list)
 
     def table(self) -> BoxTable:
-        return _table([self.source_id] * len(self.boxes), self.scores, self.frames, self.boxes, self.names)
+        return _table([self.source_id] * len(self.boxes), self.scores, self.frames, self.boxes, self.names,
+                      self.vectors)
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,11 @@ class Snapshot:
 
 
 def _table(sources: Iterable[str], scores: Iterable[float], frames: Iterable[int],
-           boxes: Iterable[Iterable[int]], names: Iterable[str]) -> BoxTable:
+           boxes: Iterable[Iterable[int]], names: Iterable[str], vectors: np.ndarray) -> BoxTable:
     box_array = np.asarray([list(b) for b in boxes], np.int64).reshape(-1, 4)
     return BoxTable(np.asarray(list(sources), dtype=object).astype(str), np.asarray(list(scores), np.float64),
-                    np.asarray(list(frames), np.int64), box_array, np.asarray(list(names), dtype=object).astype(str))
+                    np.asarray(list(frames), np.int64), box_array, np.asarray(list(names), dtype=object).astype(str),
+                    vectors)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -151,6 +154,10 @@ class GalleryStore:
         commits a new generation; until it does, the stored gallery stays as it was."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads = self.data_dir / "uploads"
+        """Where requests stage uploaded files; what a killed process left there is removed on opening."""
+        shutil.rmtree(self.uploads, ignore_errors=True)
+        self.uploads.mkdir()
         self.dim = dim
         self.models = json.dumps(models, sort_keys=True)
         self.device = device
@@ -171,7 +178,7 @@ class GalleryStore:
 
     def _empty(self) -> Snapshot:
         empty = GalleryIndex(self.dim, IndexConfig(), self.device)
-        side = Side(_table([], [], [], [], []), empty, np.zeros(0, np.int64))
+        side = Side(_table([], [], [], [], [], np.zeros((0, self.dim), np.float32)), empty, np.zeros(0, np.int64))
         return Snapshot(int(self._meta("generation") or 0), self.dim, {}, {kind: side for kind in KINDS})
 
     def _recover(self) -> Snapshot:
@@ -213,10 +220,11 @@ class GalleryStore:
                                     "WHERE kind = ? ORDER BY id", (kind,)).fetchall()
             box_ids = np.asarray([r[0] for r in rows], np.int64)
             index = GalleryIndex(self.dim, IndexConfig(), self.device)
+            side_vectors = vectors[[order[int(i)] for i in box_ids]].reshape(-1, self.dim)
             if len(rows):
-                index.add(vectors[[order[int(i)] for i in box_ids]], np.arange(len(rows), dtype=np.int64))
+                index.add(side_vectors, np.arange(len(rows), dtype=np.int64))
             table = _table((r[1] for r in rows), (r[8] for r in rows), (r[3] for r in rows),
-                           (r[4:8] for r in rows), (r[2] for r in rows))
+                           (r[4:8] for r in rows), (r[2] for r in rows), side_vectors)
             sides[kind] = Side(table, index, box_ids)
         return Snapshot(generation, self.dim, entries, sides)
 

@@ -116,5 +116,6 @@ async def stage(files: list[UploadFile], folder: Path) -> tuple[str, list[Path]]
     return ("clip" if kinds[0] == "clip" else "item"), paths
 
 
-def upload_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="shopmatch-upload-")
+def upload_dir(parent: Path) -> tempfile.TemporaryDirectory:
+    """A request's staging folder under ``parent`` (the gallery's, so a restart clears what a kill left)."""
+    return tempfile.TemporaryDirectory(prefix="upload-", dir=parent)

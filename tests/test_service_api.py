@@ -9,6 +9,7 @@ the models' accuracy.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,10 +206,7 @@ def test_gallery_changes_survive_restart(setup: dict[str, Path]) -> None:
 
 def test_server_killed_during_add_restarts_consistent(setup: dict[str, Path], gallery: Path) -> None:
     base, root = setup["base"], setup["root"]
-    data_dir = base / "killed"
-    data_dir.mkdir()
-    for file in gallery.iterdir():
-        (data_dir / file.name).write_bytes(file.read_bytes())
+    data_dir = shutil.copytree(gallery, base / "killed")
     server = Server(setup["config"], data_dir, base / "killed.log")
     before = _entries(server.url)
     outcomes: list[object] = []
@@ -233,6 +231,7 @@ def test_server_killed_during_add_restarts_consistent(setup: dict[str, Path], ga
         assert stats["clip_boxes"] == sum(e["boxes"] for e in after if e["kind"] == "clip")
         assert stats["item_boxes"] == sum(e["boxes"] for e in after if e["kind"] == "item")
         assert len(list(data_dir.glob("index-*.faiss*"))) == 1
+        assert not any((data_dir / "uploads").iterdir())  # the killed request's staged clip is gone
         assert _folder(server, "video/000002.mp4").status_code == 200
     finally:
         server.stop()
