@@ -6,8 +6,8 @@
 is reused). The gallery is searched once per direction; every grid point
 only re-votes and re-scores, so a grid of hundreds of points takes seconds.
 The written YAML is the base match config with the best ``quantile``,
-``vote_share`` and ``cutoff`` (ties go to the point nearest the seed's
-numbers, so a flat optimum keeps the seed's values).
+``vote_share``, ``cutoff`` and ``assignment`` (ties go to the point nearest
+the base config's values, so a flat optimum keeps them).
 """
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ from metric_sub.vote import VoteRules
 QUANTILES = (0.1, 0.2, 0.28, 0.35, 0.5, 0.65, 0.8, 1.0)
 SHARES = (0.0, 0.3, 0.5, 0.7)
 CUTOFFS = (0.6, 0.8, 0.9, 1.0, 1.12, 1.3, 1.6, 4.0)
-SEED = VoteRules()
+ASSIGNMENTS = ("greedy", "hungarian")
+SEED = VoteRules(assignment="greedy")
+"""The seed's numbers, printed beside the best point for comparison."""
 
 
 @dataclass(frozen=True)
@@ -40,31 +42,36 @@ class GridPoint:
     quantile: float
     vote_share: float
     cutoff: float
+    assignment: str
     final: float
     matched: int
 
 
 def grid_search(embeddings: np.ndarray, rows: Sequence[dict], data: Dataset, base: MatchConfig,
                 quantiles: Sequence[float] = QUANTILES, shares: Sequence[float] = SHARES,
-                cutoffs: Sequence[float] = CUTOFFS) -> list[GridPoint]:
+                cutoffs: Sequence[float] = CUTOFFS,
+                assignments: Sequence[str] = ASSIGNMENTS) -> list[GridPoint]:
     """Every grid point's contest score on ``data``, best first."""
     retrieved = retrieve(embeddings, rows, base.vote.direction, base.index, "cpu")
     points = []
-    for q, share, cutoff in itertools.product(quantiles, shares, cutoffs):
-        rules = base.vote.model_copy(update={"quantile": q, "vote_share": share, "cutoff": cutoff})
+    for q, share, cutoff, assignment in itertools.product(quantiles, shares, cutoffs, assignments):
+        rules = base.vote.model_copy(update={"quantile": q, "vote_share": share, "cutoff": cutoff,
+                                             "assignment": assignment})
         matched = decide(retrieved, rules, data.videos)
         report = score(validate_result(matched.result, "calibration"), data)
-        points.append(GridPoint(q, share, cutoff, report.final, len(matched.result)))
+        points.append(GridPoint(q, share, cutoff, assignment, report.final, len(matched.result)))
 
-    def closeness(p: GridPoint) -> float:
-        return abs(p.quantile - SEED.quantile) + abs(p.vote_share - SEED.vote_share) + abs(p.cutoff - SEED.cutoff)
+    def closeness(p: GridPoint) -> tuple[float, bool]:
+        vote = base.vote
+        return (abs(p.quantile - vote.quantile) + abs(p.vote_share - vote.vote_share) + abs(p.cutoff - vote.cutoff),
+                p.assignment != vote.assignment)
 
     return sorted(points, key=lambda p: (-p.final, closeness(p)))
 
 
 def write_config(base: MatchConfig, best: GridPoint, path: Path, note: str) -> Path:
     vote = base.vote.model_copy(update={"quantile": best.quantile, "vote_share": best.vote_share,
-                                        "cutoff": best.cutoff})
+                                        "cutoff": best.cutoff, "assignment": best.assignment})
     config = MatchConfig(vote=vote, index=base.index)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {note}\n" + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -89,12 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     points = grid_search(embeddings, meta["rows"], data, base)
-    seed = next(p for p in points if (p.quantile, p.vote_share, p.cutoff) == (0.28, 0.5, 1.12))
+    seed = next(p for p in points if (p.quantile, p.vote_share, p.cutoff, p.assignment)
+                == (SEED.quantile, SEED.vote_share, SEED.cutoff, SEED.assignment))
     best = points[0]
-    print(f"{'quantile':>8} {'share':>6} {'cutoff':>6} {'score':>7} {'matched':>7}")
+    print(f"{'quantile':>8} {'share':>6} {'cutoff':>6} {'assignment':>10} {'score':>7} {'matched':>7}")
     for p in points[:10]:
-        print(f"{p.quantile:8.2f} {p.vote_share:6.2f} {p.cutoff:6.2f} {p.final:7.4f} {p.matched:7d}")
-    print(f"seed numbers (0.28, 0.5, 1.12): {seed.final:.4f}; best: {best.final:.4f}")
+        print(f"{p.quantile:8.2f} {p.vote_share:6.2f} {p.cutoff:6.2f} {p.assignment:>10} {p.final:7.4f} "
+              f"{p.matched:7d}")
+    print(f"seed numbers ({SEED.quantile:g}, {SEED.vote_share:g}, {SEED.cutoff:g}, {SEED.assignment}): "
+          f"{seed.final:.4f}; best: {best.final:.4f}")
     note = (f"calibrated on {', '.join(map(str, args.data))}: score {best.final:.4f} "
             f"(seed numbers {seed.final:.4f}), {len(points)} grid points")
     print(f"wrote {write_config(base, best, args.out, note)}")

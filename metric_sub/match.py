@@ -39,14 +39,15 @@ def load_match_config(path: Path | str | None = None, overrides: list[str] | Non
     return load_config(MatchConfig, path or DEFAULT_CONFIG, overrides)
 
 
-def box_table(rows: Sequence[dict]) -> BoxTable:
-    """The embedding rows of one side as a ``BoxTable``."""
+def box_table(rows: Sequence[dict], vectors: np.ndarray | None = None) -> BoxTable:
+    """The embedding rows of one side (and their vectors) as a ``BoxTable``."""
     return BoxTable(
         source=np.array([str(r["item_id"] if r["kind"] == "image" else r["video_id"]) for r in rows], dtype=object),
         score=np.array([float(r.get("score", 1.0)) for r in rows], np.float64),
         frame=np.array([-1 if r.get("frame") is None else int(r["frame"]) for r in rows], np.int64),
         box=np.array([r["box"] for r in rows], np.int64).reshape(-1, 4),
-        name=np.array([Path(r["file"]).stem if r["kind"] == "image" else "" for r in rows], dtype=object))
+        name=np.array([Path(r["file"]).stem if r["kind"] == "image" else "" for r in rows], dtype=object),
+        vectors=vectors)
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ def retrieve(embeddings: np.ndarray, rows: Sequence[dict], direction: str = "sho
     shop = [i for i, r in enumerate(rows) if r["kind"] == "image"]
     clips = [i for i, r in enumerate(rows) if r["kind"] == "video"]
     query_idx, gallery_idx = (shop, clips) if direction == "shop_to_clip" else (clips, shop)
-    queries = box_table([rows[i] for i in query_idx])
-    gallery = box_table([rows[i] for i in gallery_idx])
+    queries = box_table([rows[i] for i in query_idx], embeddings[query_idx])
+    gallery = box_table([rows[i] for i in gallery_idx], embeddings[gallery_idx])
     if not query_idx or not gallery_idx:
         empty = np.zeros(0, np.int64)
         return Retrieved(direction, queries, gallery, Retrievals(empty, empty, np.zeros(0)))

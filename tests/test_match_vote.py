@@ -70,16 +70,41 @@ def _retrievals(gallery_rows: list[int], distances: list[float]) -> Retrievals:
 def test_boxes_are_the_best_scoring_with_annotated_frames_preferred() -> None:
     shop, clips = _tables()
     retrievals = _retrievals([0, 1, 2, 2, 2, 3, 0, 0], [0.2, 0.3, 0.9, 0.9, 0.2, 0.3, 0.9, 0.9])
-    candidates, abstained = vote_all(retrievals, shop, clips, VoteRules(quantile=0.5))
+    candidates, abstained = vote_all(retrievals, shop, clips, VoteRules(quantile=0.5, boxes="support"))
     by_item = {c.item_id: c for c in candidates}
     assert not abstained
     i1 = by_item["i1"]
     assert (i1.video_id, i1.img_name, i1.item_box) == ("v1", "1", (4, 5, 6, 7))
     # retrieved clip boxes: row 0 (frame 100, score .99) and row 1 (frame 120, score .6): 120 is a multiple of 40
     assert (i1.frame_index, i1.frame_box) == (120, (104, 105, 106, 107))
-    seed = vote_all(retrievals, shop, clips, VoteRules(quantile=0.5, frame_step=0))[0]
+    seed = vote_all(retrievals, shop, clips, VoteRules(quantile=0.5, frame_step=0, boxes="support"))[0]
     assert {c.item_id: c.frame_index for c in seed}["i1"] == 100
     assert best_box(np.array([0, 1]), clips, 40) == 1
+
+
+def test_nearest_boxes_come_from_all_boxes_of_the_pair_on_annotated_frames() -> None:
+    shop, clips = _tables()
+    unit = np.eye(4)
+    # i1's box "3" (row 3) looks like v1's box on frame 120 (row 1); the supporting pairs are rows 0/1 -> 0.
+    shop_vectors = np.array([unit[0], unit[0], unit[1], unit[2], unit[3], unit[3], unit[3], unit[3]])
+    clip_vectors = np.array([unit[0], unit[2], unit[3], unit[3]])
+    # a box on frame 100 closer to the shop box than any other does not win: 100 is not annotated
+    clips_plus = BoxTable(*(np.concatenate([getattr(clips, f), extra]) for f, extra in (
+        ("source", ["v1"]), ("score", [0.99]), ("frame", [100]), ("box", [[1, 2, 3, 4]]), ("name", [""]))),
+        vectors=np.concatenate([clip_vectors, [unit[2]]]))
+    shop = BoxTable(shop.source, shop.score, shop.frame, shop.box, shop.name, shop_vectors)
+    retrievals = _retrievals([0, 0, 2, 2, 2, 3, 0, 0], [0.2, 0.2, 0.9, 0.9, 0.2, 0.3, 0.9, 0.9])
+    rules = VoteRules(quantile=0.5)
+    by_item = {c.item_id: c for c in vote_all(retrievals, shop, clips_plus, rules)[0]}
+    i1 = by_item["i1"]
+    assert (i1.video_id, i1.img_name, i1.item_box) == ("v1", "3", (12, 13, 14, 15))
+    assert (i1.frame_index, i1.frame_box) == (120, (104, 105, 106, 107))
+    assert i1.distance == pytest.approx(0.2)  # the pair's distance is still its voters' mean
+    support = {c.item_id: c for c in vote_all(retrievals, shop, clips_plus, rules.model_copy(
+        update={"boxes": "support"}))[0]}["i1"]
+    assert (support.img_name, support.frame_index) == ("1", 100)  # the seed: best-scoring voters, frame 100 only
+    with pytest.raises(ValueError, match="vectors"):
+        vote_all(retrievals, shop, clips, rules)
 
 
 def test_dedup_keeps_the_nearest_folder_per_clip_and_cutoff_drops() -> None:

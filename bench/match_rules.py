@@ -1,0 +1,76 @@
+"""The voting rules side by side: the seed's, each deviation from it, and the bundled config, on cached runs.
+
+``python -m bench.match_rules --run NAME OUT_DIR DATA_ROOT [--run NAME OUT_DIR DATA_ROOT ...] [--out JSON]``
+
+Each ``OUT_DIR`` is a pipeline output folder for the annotated ``DATA_ROOT``
+(its ``embed/`` stage is reused, so the table costs seconds). The gallery
+is searched once per direction and every rule set re-votes the same
+retrievals, so the rows differ by the rules alone. Variants, each adding
+one change to the row above it:
+
+* ``seed``: the seed's rules (best-scoring voters' boxes, any frame, greedy);
+* ``+frame_step``: prefer the frames the contest annotates;
+* ``+nearest boxes``: report the two sources' closest boxes;
+* ``+hungarian``: one global one-to-one assignment;
+* ``clip_to_shop``: the last row in the reverse direction;
+* ``bundled``: ``metric_sub/config/match.yaml`` as it is.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.common import print_table, write_result
+from dataset.layout import load_dataset
+from dataset.score import score, validate_result
+from metric_sub.embed import load_embeddings
+from metric_sub.match import decide, load_match_config, retrieve
+from metric_sub.vote import VoteRules
+
+RESULT = Path(__file__).resolve().parent / "results" / "match_rules.json"
+SEED = VoteRules(boxes="support", frame_step=0, assignment="greedy")
+VARIANTS: dict[str, VoteRules] = {
+    "seed": SEED,
+    "+frame_step": SEED.model_copy(update={"frame_step": 40}),
+    "+nearest boxes": SEED.model_copy(update={"frame_step": 40, "boxes": "nearest"}),
+    "+hungarian": SEED.model_copy(update={"frame_step": 40, "boxes": "nearest", "assignment": "hungarian"}),
+    "clip_to_shop": SEED.model_copy(update={"frame_step": 40, "boxes": "nearest", "assignment": "hungarian",
+                                            "direction": "clip_to_shop"}),
+}
+
+
+def compare(name: str, run: Path, root: Path) -> list[dict]:
+    """One row per variant (and the bundled config) on one cached run."""
+    data = load_dataset(root)
+    embeddings, meta = load_embeddings(run / "embed")
+    bundled = load_match_config()
+    variants = {**VARIANTS, "bundled": bundled.vote}
+    retrieved = {}
+    rows = []
+    for variant, rules in variants.items():
+        if rules.direction not in retrieved:
+            retrieved[rules.direction] = retrieve(embeddings, meta["rows"], rules.direction, bundled.index, "cpu")
+        matched = decide(retrieved[rules.direction], rules, data.videos)
+        report = score(validate_result(matched.result, str(run / "result.json")), data).to_dict()
+        levels = report["levels"]
+        rows.append({"run": name, "rules": variant, "clips": len(data.videos), "matched": len(matched.result),
+                     "score": report["final"], "f1_item": levels["item"]["f1"],
+                     "f1_frame": levels["frame"]["f1"], "f1_box": levels["box"]["f1"],
+                     "failures": report["diagnostics"]["failures"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "OUT_DIR", "ROOT"),
+                        help="a name for the table, a pipeline output folder and the annotated root it ran on")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--note", default="", help="what the runs are (models, data), kept in the JSON")
+    args = parser.parse_args(argv)
+    rows = [row for name, run, root in args.run for row in compare(name, Path(run), Path(root))]
+    print_table(rows, ["run", "rules", "clips", "matched", "score", "f1_item", "f1_frame", "f1_box"])
+    write_result(args.out, "match_rules", rows, {"runs": args.run, "note": args.note})
+
+
+if __name__ == "__main__":
+    main()
