@@ -25,18 +25,28 @@ from dataset.layout import load_dataset
 from dataset.score import score, validate_result
 from metric_sub.embed import load_embeddings
 from metric_sub.match import decide, load_match_config, retrieve
-from metric_sub.vote import VoteRules
+from metric_sub.vote import SEED_RULES, VoteRules
 
 RESULT = Path(__file__).resolve().parent / "results" / "match_rules.json"
-SEED = VoteRules(boxes="support", frame_step=0, assignment="greedy")
-VARIANTS: dict[str, VoteRules] = {
-    "seed": SEED,
-    "+frame_step": SEED.model_copy(update={"frame_step": 40}),
-    "+nearest boxes": SEED.model_copy(update={"frame_step": 40, "boxes": "nearest"}),
-    "+hungarian": SEED.model_copy(update={"frame_step": 40, "boxes": "nearest", "assignment": "hungarian"}),
-    "clip_to_shop": SEED.model_copy(update={"frame_step": 40, "boxes": "nearest", "assignment": "hungarian",
-                                            "direction": "clip_to_shop"}),
-}
+STEPS: tuple[tuple[str, dict], ...] = (
+    ("seed", {}),
+    ("+frame_step", {"frame_step": 40}),
+    ("+nearest boxes", {"boxes": "nearest"}),
+    ("+hungarian", {"assignment": "hungarian"}),
+    ("clip_to_shop", {"direction": "clip_to_shop"}),
+)
+"""Each variant's change on top of the one before it, starting from the seed's rules."""
+
+
+def cumulative_variants() -> dict[str, VoteRules]:
+    rules, variants = SEED_RULES, {}
+    for name, change in STEPS:
+        rules = rules.model_copy(update=change)
+        variants[name] = rules
+    return variants
+
+
+VARIANTS = cumulative_variants()
 
 
 def compare(name: str, run: Path, root: Path) -> list[dict]:
@@ -51,7 +61,7 @@ def compare(name: str, run: Path, root: Path) -> list[dict]:
         if rules.direction not in retrieved:
             retrieved[rules.direction] = retrieve(embeddings, meta["rows"], rules.direction, bundled.index, "cpu")
         matched = decide(retrieved[rules.direction], rules, data.videos)
-        report = score(validate_result(matched.result, str(run / "result.json")), data).to_dict()
+        report = score(validate_result(matched.result, f"{name} with {variant} rules"), data).to_dict()
         levels = report["levels"]
         rows.append({"run": name, "rules": variant, "clips": len(data.videos), "matched": len(matched.result),
                      "score": report["final"], "f1_item": levels["item"]["f1"],

@@ -27,14 +27,12 @@ from dataset.records import Dataset
 from dataset.score import score, validate_result
 from metric_sub.embed import load_embeddings
 from metric_sub.match import MatchConfig, decide, load_match_config, retrieve
-from metric_sub.vote import VoteRules
+from metric_sub.vote import SEED_RULES
 
 QUANTILES = (0.1, 0.2, 0.28, 0.35, 0.5, 0.65, 0.8, 1.0)
 SHARES = (0.0, 0.3, 0.5, 0.7)
 CUTOFFS = (0.6, 0.8, 0.9, 1.0, 1.12, 1.3, 1.6, 4.0)
 ASSIGNMENTS = ("greedy", "hungarian")
-SEED = VoteRules(assignment="greedy")
-"""The seed's numbers, printed beside the best point for comparison."""
 
 
 @dataclass(frozen=True)
@@ -96,15 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     points = grid_search(embeddings, meta["rows"], data, base)
-    seed = next(p for p in points if (p.quantile, p.vote_share, p.cutoff, p.assignment)
-                == (SEED.quantile, SEED.vote_share, SEED.cutoff, SEED.assignment))
+    seed_numbers = (SEED_RULES.quantile, SEED_RULES.vote_share, SEED_RULES.cutoff, SEED_RULES.assignment)
+    seed = next(p for p in points if (p.quantile, p.vote_share, p.cutoff, p.assignment) == seed_numbers)
     best = points[0]
     print(f"{'quantile':>8} {'share':>6} {'cutoff':>6} {'assignment':>10} {'score':>7} {'matched':>7}")
     for p in points[:10]:
         print(f"{p.quantile:8.2f} {p.vote_share:6.2f} {p.cutoff:6.2f} {p.assignment:>10} {p.final:7.4f} "
               f"{p.matched:7d}")
-    print(f"seed numbers ({SEED.quantile:g}, {SEED.vote_share:g}, {SEED.cutoff:g}, {SEED.assignment}): "
-          f"{seed.final:.4f}; best: {best.final:.4f}")
+    print(f"seed numbers {seed_numbers}: {seed.final:.4f}; best: {best.final:.4f}")
     note = (f"calibrated on {', '.join(map(str, args.data))}: score {best.final:.4f} "
             f"(seed numbers {seed.final:.4f}), {len(points)} grid points")
     print(f"wrote {write_config(base, best, args.out, note)}")

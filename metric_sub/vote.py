@@ -70,7 +70,8 @@ Box = tuple[int, int, int, int]
 
 
 class VoteRules(StrictModel):
-    """The numbers and choices of the voting rules (module docstring); defaults are the seed's."""
+    """The numbers and choices of the voting rules (module docstring); defaults are the seed's, except
+    ``frame_step`` and ``boxes``, which default to the flagged deviations (``SEED_RULES``: the seed exactly)."""
 
     direction: Literal["shop_to_clip", "clip_to_shop"] = "shop_to_clip"
     quantile: float = Field(0.28, ge=0, le=1)
@@ -82,6 +83,10 @@ class VoteRules(StrictModel):
     """Prefer clip boxes on frames that are multiples of this (0: no preference, as the seed)."""
     boxes: Literal["nearest", "support"] = "nearest"
     """The boxes a pair reports: the two sources' closest boxes, or the seed's best-scoring supporting ones."""
+
+
+SEED_RULES = VoteRules(frame_step=0, boxes="support")
+"""The seed's rules with none of the deviations, for comparisons."""
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ class GalleryStore:
 
     def _empty(self) -> Snapshot:
         empty = GalleryIndex(self.dim, IndexConfig(), self.device)
-        side = Side(_table([], [], [], [], [], np.zeros((0, self.dim), np.float32)), empty, np.zeros(0, np.int64))
+        side = Side(_table([], [], [], [], [], empty.vectors), empty, np.zeros(0, np.int64))
         return Snapshot(int(self._meta("generation") or 0), self.dim, {}, {kind: side for kind in KINDS})
 
     def _recover(self) -> Snapshot:
@@ -220,11 +220,11 @@ class GalleryStore:
                                     "WHERE kind = ? ORDER BY id", (kind,)).fetchall()
             box_ids = np.asarray([r[0] for r in rows], np.int64)
             index = GalleryIndex(self.dim, IndexConfig(), self.device)
-            side_vectors = vectors[[order[int(i)] for i in box_ids]].reshape(-1, self.dim)
             if len(rows):
-                index.add(side_vectors, np.arange(len(rows), dtype=np.int64))
+                index.add(vectors[[order[int(i)] for i in box_ids]], np.arange(len(rows), dtype=np.int64))
+            # The index's ids are table rows, so its unit vectors serve the table too (no second copy).
             table = _table((r[1] for r in rows), (r[8] for r in rows), (r[3] for r in rows),
-                           (r[4:8] for r in rows), (r[2] for r in rows), side_vectors)
+                           (r[4:8] for r in rows), (r[2] for r in rows), index.vectors)
             sides[kind] = Side(table, index, box_ids)
         return Snapshot(generation, self.dim, entries, sides)
 
