@@ -21,9 +21,12 @@ product and converts. Backends:
 The exact backends return the same neighbours (tested); ties between equal
 inner products may come back in a different order. ``kind: ivf`` or
 ``ivfpq`` trade exactness for speed on galleries of millions (FAISS only;
-``bench/e2e.py`` and the tests report the recall against exact search).
-The vectors themselves are kept on the host, so a gallery is saved as plain
-arrays and any backend can be rebuilt from them.
+``bench/index.py`` reports their speed, memory and recall against exact
+search). The vectors themselves are kept on the host, so a gallery is
+saved as plain arrays and any backend can be rebuilt from them; ``ivfpq``
+uses that copy to re-rank its candidates exactly (``rerank``), without
+which PQ's coarse codes miss most nearest neighbours of clustered
+embeddings.
 """
 from __future__ import annotations
 
@@ -54,8 +57,10 @@ class IndexConfig(StrictModel):
     nlist: int = Field(1024, gt=0)
     """IVF cells; capped at a sixteenth of the first batch added, so small galleries still train."""
     nprobe: int = Field(32, gt=0)
-    pq_m: int = Field(16, gt=0)
+    pq_m: int = Field(64, gt=0)
     """PQ sub-quantisers (must divide the dimension)."""
+    rerank: int = Field(8, ge=1)
+    """``ivfpq``: fetch ``rerank * k`` candidates and order them by their exact distance (1: PQ's own order)."""
     query_block: int = Field(4096, gt=0)
     """Queries per matmul in the torch backend (bounds the (block, N) score matrix)."""
 
@@ -93,6 +98,7 @@ class GalleryIndex:
         self.ids = np.zeros(0, np.int64)
         self._faiss = None  # built on the first add (IVF trains on it), then updated in place
         self._tensor: torch.Tensor | None = None  # the torch backend's device copy, rebuilt after changes
+        self._id_order: np.ndarray | None = None  # argsort of ids, for re-ranking; rebuilt after changes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -114,7 +120,7 @@ class GalleryIndex:
             if self._faiss is None:
                 self._faiss = self._build_faiss(vectors)
             self._faiss.add_with_ids(vectors, ids)
-        self._tensor = None
+        self._tensor = self._id_order = None
         return ids
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
@@ -125,7 +131,7 @@ class GalleryIndex:
             if self._faiss is not None:
                 self._faiss.remove_ids(np.ascontiguousarray(self.ids[drop]))
             self.vectors, self.ids = self.vectors[~drop], self.ids[~drop]
-            self._tensor = None
+            self._tensor = self._id_order = None
         return count
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -135,12 +141,17 @@ class GalleryIndex:
         found = np.full((len(queries), k), -1, np.int64)
         if not len(queries) or not len(self.ids) or k < 1:
             return distances, found
+        k = min(k, len(self.ids))
         if self.backend == "torch":
-            scores, ids = self._search_torch(queries, min(k, len(self.ids)))
+            scores, ids = self._search_torch(queries, k)
+        elif self.config.kind == "flat":
+            scores, ids = self._faiss.search(queries, k)
         else:
-            if self.config.kind != "flat":
-                faiss.extract_index_ivf(self._faiss).nprobe = self.config.nprobe
-            scores, ids = self._faiss.search(queries, min(k, len(self.ids)))
+            faiss.extract_index_ivf(self._faiss).nprobe = self.config.nprobe
+            fetch = k * self.config.rerank if self.config.kind == "ivfpq" else k
+            scores, ids = self._faiss.search(queries, min(fetch, len(self.ids)))
+            if fetch > k:
+                scores, ids = self._rerank(queries, ids, k)
         valid = ids >= 0
         width = ids.shape[1]
         distances[:, :width] = np.where(valid, np.maximum(2.0 - 2.0 * scores, 0.0), np.inf)
@@ -183,6 +194,23 @@ class GalleryIndex:
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, self.device.index or 0, index)
         return index
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int,
+                block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` candidates (id -1: none) with the largest exact inner products, best first.
+
+        Queries go ``block`` at a time, bounding the gathered candidate vectors.
+        """
+        if self._id_order is None:
+            self._id_order = np.argsort(self.ids, kind="stable")
+        valid = candidates >= 0
+        positions = np.searchsorted(self.ids, candidates, sorter=self._id_order)
+        rows = self._id_order[np.minimum(positions, len(self.ids) - 1)]
+        exact = np.concatenate([np.einsum("qd,qcd->qc", queries[s:s + block], self.vectors[rows[s:s + block]])
+                                for s in range(0, len(queries), block)])
+        exact = np.where(valid, exact, -np.inf)
+        best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(exact, best, 1), np.take_along_axis(np.where(valid, candidates, -1), best, 1)
 
     def _search_torch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._tensor is None:

@@ -262,18 +262,15 @@ def resolve(candidates: list[Candidate], rules: VoteRules) -> tuple[list[Candida
 
     Returns the kept pairs and, for every dropped candidate ``(video_id, item_id)``, why.
     """
-    dropped: dict[tuple[str, str], str] = {}
     chosen = _hungarian(candidates, rules) if rules.assignment == "hungarian" else _greedy(candidates)
     chosen_keys = {(c.video_id, c.item_id) for c in chosen}
+    dropped: dict[tuple[str, str], str] = {}
     for c in candidates:
-        if (c.video_id, c.item_id) not in chosen_keys:
-            dropped[(c.video_id, c.item_id)] = "lost to a nearer pair in the one-to-one assignment"
-    kept = []
-    for c in chosen:
         if c.distance >= rules.cutoff:
             dropped[(c.video_id, c.item_id)] = f"distance {c.distance:.3f} >= cutoff {rules.cutoff:g}"
-        else:
-            kept.append(c)
+        elif (c.video_id, c.item_id) not in chosen_keys:
+            dropped[(c.video_id, c.item_id)] = "lost to a nearer pair in the one-to-one assignment"
+    kept = [c for c in chosen if c.distance < rules.cutoff]
     return sorted(kept, key=lambda c: c.video_id), dropped
 
 
@@ -286,9 +283,41 @@ def _greedy(candidates: list[Candidate]) -> list[Candidate]:
 
 
 def _hungarian(candidates: list[Candidate], rules: VoteRules) -> list[Candidate]:
-    """Minimum summed distance over one-to-one pairs; a group may stay unassigned at cost ``cutoff``."""
-    if not candidates:
-        return []
+    """Minimum summed distance over one-to-one pairs; a group may stay unassigned at cost ``cutoff``.
+
+    A pair at or past the cutoff never beats leaving its group unassigned,
+    so it takes no part. The rest is solved per connected component of the
+    candidate graph (items and clips linked by a candidate pair): the total
+    is a sum over components, so this is the global optimum, and a gallery
+    of thousands of items costs many tiny assignments (most of them a lone
+    pair, which is its own answer) instead of one dense thousands-square one.
+    """
+    usable = [c for c in candidates if c.distance < rules.cutoff]
+    return [c for component in _components(usable)
+            for c in (component if len(component) == 1 else _assign(component, rules))]
+
+
+def _components(candidates: list[Candidate]) -> list[list[Candidate]]:
+    """The candidates grouped by connected component (union-find over item and clip ids), in input order."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        parent.setdefault(node, node)
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for c in candidates:
+        parent[root(("item", c.item_id))] = root(("clip", c.video_id))
+    components: dict[tuple[str, str], list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        components[root(("item", c.item_id))].append(c)
+    return list(components.values())
+
+
+def _assign(candidates: list[Candidate], rules: VoteRules) -> list[Candidate]:
+    """The Hungarian assignment of one component, as a dense cost matrix."""
     clips = sorted({c.video_id for c in candidates})
     items = sorted({c.item_id for c in candidates})
     clip_pos = {v: i for i, v in enumerate(clips)}

@@ -5,17 +5,9 @@ same steps as in ``run.sh``: pixels read by ``dataset`` (a clip's sampled
 frames decoded once), boxes by ``bbox_sub``'s ``BatchDetector`` and
 ``box_records`` with the detector config's inference settings, crops by
 ``metric_sub.buckets.crop``, vectors by ``metric_sub.embed.embed_crops`` (the
-fused ensemble), the decision by ``metric_sub.vote`` with the matcher config
+fused ensemble), the decision by ``service.matcher`` with the matcher config
 ``run.sh`` uses. Model calls go through micro-batchers (``service.batcher``),
 so they run off the event loop and share batches across requests.
-
-What a query is matched against reproduces ``run.sh`` on the gallery plus
-the query: the query takes the place of a gallery entry with the same kind
-and id, every indexed item and clip votes as in the batch run (the
-gallery's own votes are computed once per gallery generation), and the
-one-to-one assignment and the cutoff decide. So a folder or clip of a
-dataset whose other items and clips are indexed gets the pair ``run.sh``
-writes for it.
 """
 from __future__ import annotations
 
@@ -24,7 +16,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +32,11 @@ from dataset.runtime import pick_device
 from metric_sub.buckets import crop
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import embed_crops, load_runner
-from metric_sub.index import GalleryIndex
 from metric_sub.match import load_match_config
-from metric_sub.vote import BoxTable, Candidate, Retrievals, resolve, vote_all
 from service.batcher import Admission, MicroBatcher
 from service.errors import ApiError
 from service.gallery import Kind, Snapshot, SourceBoxes
+from service.matcher import GalleryMatcher
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -59,36 +49,6 @@ def _file_digest(path: Path | None) -> str | None:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def _concat(a: BoxTable, b: BoxTable) -> BoxTable:
-    return BoxTable(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
-                      ("source", "score", "frame", "box", "name", "vectors")))
-
-
-def _retrievals(distances: np.ndarray, rows: np.ndarray) -> Retrievals:
-    ok = rows >= 0
-    return Retrievals(np.flatnonzero(ok), rows[ok], distances[ok].astype(np.float64))
-
-
-def _nearest(index: GalleryIndex, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    distances, rows = index.search(vectors, 1)
-    return distances[:, 0].astype(np.float64), rows[:, 0]
-
-
-def pair_json(c: Candidate) -> dict[str, Any]:
-    return {"item_id": c.item_id, "video_id": c.video_id, "img_name": c.img_name, "item_box": list(c.item_box),
-            "frame_index": c.frame_index, "frame_box": list(c.frame_box), "distance": round(c.distance, 6),
-            "votes": c.votes}
-
-
-@dataclass(frozen=True)
-class GalleryVotes:
-    """The indexed entries voting among themselves: each group box's nearest target and the candidates."""
-
-    distances: np.ndarray
-    rows: np.ndarray
-    candidates: list[Candidate]
 
 
 class Engine:
@@ -109,6 +69,7 @@ class Engine:
                         for cfg, spec in zip(embed_cfgs, settings.embedders)]
         self.dim = sum(r.dim for r in self.runners)
         self.rules = load_match_config(settings.match, settings.match_set).vote
+        self.matcher = GalleryMatcher(self.rules, self.dim)
         self.models = {"detector": [det_cfg.name, _file_digest(settings.detector.weights)],
                        "embedders": [[c.name, c.model.embedding_size, _file_digest(s.weights)]
                                      for c, s in zip(embed_cfgs, settings.embedders)]}
@@ -208,80 +169,9 @@ class Engine:
                            [r["score"] for r in records], [r["aspect_group"] for r in records], len(pictures),
                            skipped)
 
-    # Matching ---------------------------------------------------------------------------------------------
-
-    @property
-    def group_kind(self) -> Kind:
-        """The side whose entries vote (items in the seed's direction)."""
-        return "item" if self.rules.direction == "shop_to_clip" else "clip"
-
-    def _gallery_votes(self, snapshot: Snapshot) -> GalleryVotes:
-        with snapshot.cache_lock:
-            if "votes" not in snapshot.cache:
-                groups = snapshot.sides[self.group_kind]
-                targets = snapshot.sides["clip" if self.group_kind == "item" else "item"]
-                distances, rows = _nearest(targets.index, groups.index.vectors)
-                candidates, _ = vote_all(_retrievals(distances, rows), groups.table, targets.table, self.rules)
-                snapshot.cache["votes"] = GalleryVotes(distances, rows, candidates)
-            return snapshot.cache["votes"]
-
     def match(self, query: SourceBoxes, snapshot: Snapshot) -> dict[str, Any]:
         """The answer for one query against the gallery (CPU work; call it in a thread)."""
-        shop_to_clip = self.rules.direction == "shop_to_clip"
-
-        def group_of(c: Candidate) -> str:
-            return c.item_id if shop_to_clip else c.video_id
-
-        def target_of(c: Candidate) -> str:
-            return c.video_id if shop_to_clip else c.item_id
-
-        groups = snapshot.sides[self.group_kind]
-        targets = snapshot.sides["clip" if self.group_kind == "item" else "item"]
-        base = self._gallery_votes(snapshot)
-        abstained: dict[str, str] = {}
-        if query.kind == self.group_kind:
-            distances, rows = _nearest(targets.index, query.vectors)
-            mine, abstained = vote_all(_retrievals(distances, rows), query.table(), targets.table, self.rules)
-            candidates = [c for c in base.candidates if group_of(c) != query.source_id] + mine
-            involved = [c for c in candidates if group_of(c) == query.source_id]
-        else:
-            keep = targets.table.source != query.source_id
-            if keep.all():
-                distances, rows = base.distances, base.rows
-            else:  # the query replaces the indexed entry with its id
-                filtered = GalleryIndex(self.dim, device=targets.index.device)
-                filtered.add(targets.index.vectors[keep], np.flatnonzero(keep))
-                distances, rows = _nearest(filtered, groups.index.vectors)
-            if len(query.boxes):
-                own = GalleryIndex(self.dim, device=targets.index.device)
-                own.add(query.vectors, len(targets) + np.arange(len(query.boxes)))
-                own_distances, own_rows = _nearest(own, groups.index.vectors)
-                closer = own_distances < distances
-                distances, rows = np.where(closer, own_distances, distances), np.where(closer, own_rows, rows)
-            table = _concat(targets.table, query.table())
-            candidates, _ = vote_all(_retrievals(distances, rows), groups.table, table, self.rules)
-            involved = [c for c in candidates if target_of(c) == query.source_id]
-        kept, dropped = resolve(candidates, self.rules)
-        side = (lambda c: c.item_id) if query.kind == "item" else (lambda c: c.video_id)
-        match = next((c for c in kept if side(c) == query.source_id), None)
-        listed = [{**pair_json(c), "kept": c in kept, "why": dropped.get((c.video_id, c.item_id), "")}
-                  for c in sorted(involved, key=lambda c: c.distance)]
-        return {"match": pair_json(match) if match else None,
-                "reason": self._reason(query, match, abstained, listed),
-                "candidates": listed}
-
-    def _reason(self, query: SourceBoxes, match: Candidate | None, abstained: dict[str, str],
-                listed: list[dict]) -> str:
-        if match is not None:
-            return f"matched at distance {match.distance:.3f}"
-        if not query.boxes:
-            return "no garment box detected"
-        if query.source_id in abstained:
-            return abstained[query.source_id]
-        if listed:
-            return "; ".join(f"{c['item_id'] if query.kind == 'clip' else c['video_id']}: {c['why']}"
-                             for c in listed)
-        return "nothing in the gallery voted for it" if query.kind != self.group_kind else "no vote"
+        return self.matcher.match(query, snapshot)
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self.device), "dim": self.dim, "models": self.models,

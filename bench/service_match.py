@@ -1,0 +1,138 @@
+"""Matching latency of the REST service per query, against galleries of growing size, without the models.
+
+Run from the repository root::
+
+    python -m bench.service_match [--pairs 250,1000,4000] [--dim 512] [--queries 20]
+
+Detection and embedding cost the same whatever the gallery holds (see
+``bench/service_load.py`` for whole requests); what grows with the gallery
+is the matching of one query's vectors against it, measured here on the
+service's own code (``service.gallery.GalleryStore``, ``service.matcher``).
+The gallery holds ``P`` item folders (5 images, 2 boxes each) and ``P``
+clips (16 frames, 3 boxes each: the item's garment and two others), item
+``k`` on sale in clip ``k``, the clips' other garments from a pool of as
+many garments not on sale; vectors are clustered as in ``bench/index.py``.
+Four kinds of query, each ``--queries`` times (median latency):
+
+* ``clip new`` / ``item new``: a clip or folder the gallery does not hold;
+* ``clip indexed`` / ``item indexed``: one with the id of an indexed entry,
+  which it replaces for the vote (a dataset's own clip sent back).
+
+``gallery_votes_s`` is the one-off cost of the gallery voting against
+itself, paid by the first query after every change; ``right`` is the share
+of queries matched to the item or clip they were drawn from. A new query
+shows a garment that an indexed entry shows too, so the one-to-one
+assignment gives the partner to one of the two and ``right`` stays well
+under 1; an indexed one replaces its entry and should always be right.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import Timer, print_table, write_result
+from bench.index import clustered, noisy
+from metric_sub.match import load_match_config
+from service.gallery import GalleryStore, SourceBoxes
+from service.matcher import GalleryMatcher
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "service_match.json"
+COLUMNS = ["pairs", "item_boxes", "clip_boxes", "query", "gallery_votes_s", "p50_ms", "p95_ms", "right"]
+IMAGES, BOXES_PER_IMAGE, FRAMES, OTHERS = 5, 2, 16, 2
+SPREAD = 0.8
+
+
+def item_source(source_id: str, centre: np.ndarray, rng: np.random.Generator) -> SourceBoxes:
+    count = IMAGES * BOXES_PER_IMAGE
+    return SourceBoxes("item", source_id, "bench", noisy(np.repeat(centre[None], count, 0), SPREAD, rng),
+                       [str(n // BOXES_PER_IMAGE) for n in range(count)], [-1] * count,
+                       [(10 * n, 10, 10 * n + 100, 200) for n in range(count)], [0.95] * count, [0] * count, IMAGES)
+
+
+def clip_source(source_id: str, centre: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> SourceBoxes:
+    """16 frames, each with the product and ``OTHERS`` other garments (drawn from ``others``, garments that
+    are not on sale: the host's own clothes, the rack behind)."""
+    per_frame = 1 + OTHERS
+    centres = np.concatenate([np.repeat(centre[None], FRAMES, 0),
+                              others[rng.integers(0, len(others), FRAMES * OTHERS)]])
+    count = FRAMES * per_frame
+    frames = [80 + 20 * (n % FRAMES) for n in range(count)]
+    return SourceBoxes("clip", source_id, "bench", noisy(centres, SPREAD, rng), [""] * count, frames,
+                       [(5 * (n // FRAMES), 20, 5 * (n // FRAMES) + 300, 500) for n in range(count)],
+                       [0.97] * count, [0] * count, FRAMES)
+
+
+def gallery_sources(pairs: int, dim: int, rng: np.random.Generator) -> tuple[list[SourceBoxes], np.ndarray]:
+    """The gallery's sources and the garment centres: the first ``pairs`` on sale, the rest not."""
+    _, centres = clustered(0, dim, 2 * pairs, SPREAD, rng)
+    items = [item_source(f"{k:06d}", centres[k], rng) for k in range(pairs)]
+    clips = [clip_source(f"{k:06d}", centres[k], centres[pairs:], rng) for k in range(pairs)]
+    return items + clips, centres
+
+
+def queries(kind: str, count: int, pairs: int, centres: np.ndarray,
+            rng: np.random.Generator) -> list[tuple[SourceBoxes, str]]:
+    """``(query, the id it should match)``: new queries take ids the gallery lacks."""
+    out = []
+    for k in rng.choice(pairs, count, replace=False):
+        source_id = f"{k:06d}" if kind.endswith("indexed") else f"9{k:05d}"
+        query = (clip_source(source_id, centres[k], centres[pairs:], rng) if kind.startswith("clip")
+                 else item_source(source_id, centres[k], rng))
+        out.append((query, f"{k:06d}"))
+    return out
+
+
+def measure(pairs: int, args: argparse.Namespace, rng: np.random.Generator, folder: Path) -> list[dict]:
+    sources, centres = gallery_sources(pairs, args.dim, rng)
+    store = GalleryStore(folder / f"gallery-{pairs}", args.dim, {"bench": True}, fresh=True)
+    snapshot = store.replace_all(sources)
+    matcher = GalleryMatcher(load_match_config().vote, args.dim)
+    with Timer() as timer:
+        matcher.gallery_votes(snapshot)
+    rows = []
+    for kind in ("clip new", "clip indexed", "item new", "item indexed"):
+        times, right = [], 0
+        for query, expected in queries(kind, args.queries, pairs, centres, rng):
+            with Timer() as t:
+                answer = matcher.match(query, snapshot)
+            times.append(t.seconds)
+            pair = answer["match"]
+            found = pair and (pair["item_id"] if query.kind == "clip" else pair["video_id"])
+            right += found == expected
+        rows.append({"pairs": pairs, "item_boxes": len(snapshot.sides["item"]),
+                     "clip_boxes": len(snapshot.sides["clip"]), "query": kind,
+                     "gallery_votes_s": round(timer.seconds, 3), "p50_ms": 1000 * statistics.median(times),
+                     "p95_ms": 1000 * float(np.percentile(times, 95)), "right": right / len(times)})
+        print_table(rows[-1:], COLUMNS)
+    store.close()
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.service_match", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", default="250,1000,4000", help="comma-separated gallery sizes (item-clip pairs)")
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=20, help="queries per kind and size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [row for p in args.pairs.split(",") for row in measure(int(p), args, rng, Path(tmp))]
+    print()
+    print_table(rows, COLUMNS)
+    path = write_result(args.out, "service_match", rows, {
+        "dim": args.dim, "queries": args.queries, "threads": torch.get_num_threads(),
+        "vote": load_match_config().vote.model_dump()})
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

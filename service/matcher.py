@@ -1,0 +1,174 @@
+"""One query matched against the gallery: the pair ``run.sh`` would write for it.
+
+What a query is matched against reproduces ``run.sh`` on the gallery plus
+the query: the query takes the place of a gallery entry with the same kind
+and id, every indexed item and clip votes as in the batch run (the
+gallery's own votes are computed once per gallery generation), and the
+one-to-one assignment and the cutoff decide. So a folder or clip of a
+dataset whose other items and clips are indexed gets the pair ``run.sh``
+writes for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from metric_sub.index import GalleryIndex
+from metric_sub.vote import BoxTable, Candidate, Retrievals, VoteRules, resolve, vote_all
+from service.gallery import Kind, Side, Snapshot, SourceBoxes
+
+
+def _local_targets(targets: BoxTable, query: SourceBoxes, rows: np.ndarray) -> tuple[BoxTable, np.ndarray]:
+    """The target boxes a re-vote can read, as a small table, and ``rows`` renumbered into it.
+
+    Rows at or past ``len(targets)`` are the query's boxes. A vote reads
+    every box of each target its group's boxes retrieved (``boxes: nearest``
+    looks at all of a target's boxes) and nothing else, so copying only
+    those keeps a query's cost independent of the gallery's size. The entry
+    the query replaces is never retrieved, so the query's id names the
+    query's boxes alone, as in a batch run without that entry.
+    """
+    found = rows[(rows >= 0) & (rows < len(targets))]
+    sources = np.unique(targets.source[found])
+    kept = np.sort(np.concatenate([targets.rows_of[str(s)] for s in sources])) if len(sources) else np.zeros(0, int)
+    extra = query.table()
+    table = BoxTable(*(np.concatenate([getattr(targets, f)[kept], getattr(extra, f)]) for f in
+                       ("source", "score", "frame", "box", "name", "vectors")))
+    local = np.where(rows >= len(targets), rows - len(targets) + len(kept), np.searchsorted(kept, rows))
+    return table, np.where(rows >= 0, local, -1)
+
+
+def _retrievals(distances: np.ndarray, rows: np.ndarray) -> Retrievals:
+    ok = rows >= 0
+    return Retrievals(np.flatnonzero(ok), rows[ok], distances[ok].astype(np.float64))
+
+
+def _nearest(index: GalleryIndex, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    distances, rows = index.search(vectors, 1)
+    return distances[:, 0].astype(np.float64), rows[:, 0]
+
+
+def _nearest_excluding(index: GalleryIndex, vectors: np.ndarray, excluded: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's nearest row not in ``excluded``: among its ``len(excluded) + 1`` nearest, one always is."""
+    distances, rows = index.search(vectors, len(excluded) + 1)
+    allowed = (rows >= 0) & ~np.isin(rows, excluded)
+    first = np.argmax(allowed, axis=1)
+    found = allowed[np.arange(len(rows)), first]
+    picked = np.arange(len(rows)), first
+    return (np.where(found, distances[picked], np.inf).astype(np.float64), np.where(found, rows[picked], -1))
+
+
+def pair_json(c: Candidate) -> dict[str, Any]:
+    return {"item_id": c.item_id, "video_id": c.video_id, "img_name": c.img_name, "item_box": list(c.item_box),
+            "frame_index": c.frame_index, "frame_box": list(c.frame_box), "distance": round(c.distance, 6),
+            "votes": c.votes}
+
+
+@dataclass(frozen=True)
+class GalleryVotes:
+    """The indexed entries voting among themselves: each group box's nearest target and the candidates."""
+
+    distances: np.ndarray
+    rows: np.ndarray
+    candidates: list[Candidate]
+
+
+class GalleryMatcher:
+    """The voting rules applied to a query and a gallery snapshot."""
+
+    def __init__(self, rules: VoteRules, dim: int) -> None:
+        self.rules = rules
+        self.dim = dim
+
+    @property
+    def group_kind(self) -> Kind:
+        """The side whose entries vote (items in the seed's direction)."""
+        return "item" if self.rules.direction == "shop_to_clip" else "clip"
+
+    def gallery_votes(self, snapshot: Snapshot) -> GalleryVotes:
+        with snapshot.cache_lock:
+            if "votes" not in snapshot.cache:
+                groups = snapshot.sides[self.group_kind]
+                targets = snapshot.sides["clip" if self.group_kind == "item" else "item"]
+                distances, rows = _nearest(targets.index, groups.index.vectors)
+                candidates, _ = vote_all(_retrievals(distances, rows), groups.table, targets.table, self.rules)
+                snapshot.cache["votes"] = GalleryVotes(distances, rows, candidates)
+            return snapshot.cache["votes"]
+
+    def match(self, query: SourceBoxes, snapshot: Snapshot) -> dict[str, Any]:
+        """The answer for one query against the gallery (CPU work; call it in a thread)."""
+        shop_to_clip = self.rules.direction == "shop_to_clip"
+
+        def group_of(c: Candidate) -> str:
+            return c.item_id if shop_to_clip else c.video_id
+
+        def target_of(c: Candidate) -> str:
+            return c.video_id if shop_to_clip else c.item_id
+
+        groups = snapshot.sides[self.group_kind]
+        targets = snapshot.sides["clip" if self.group_kind == "item" else "item"]
+        base = self.gallery_votes(snapshot)
+        abstained: dict[str, str] = {}
+        if query.kind == self.group_kind:
+            distances, rows = _nearest(targets.index, query.vectors)
+            mine, abstained = vote_all(_retrievals(distances, rows), query.table(), targets.table, self.rules)
+            candidates = [c for c in base.candidates if group_of(c) != query.source_id] + mine
+            involved = [c for c in candidates if group_of(c) == query.source_id]
+        else:
+            distances, rows = self._retrieved_with(query, groups, targets, base)
+            # Only groups with a box whose nearest target changed can vote otherwise than the gallery did.
+            again = set(groups.table.source[(distances != base.distances) | (rows != base.rows)])
+            voters = np.sort(np.concatenate([groups.table.rows_of[g] for g in again] or [np.zeros(0, int)]))
+            voters = voters[rows[voters] >= 0]
+            table, local = _local_targets(targets.table, query, rows[voters])
+            revoted, _ = vote_all(Retrievals(voters, local, distances[voters]), groups.table, table, self.rules)
+            candidates = [c for c in base.candidates if group_of(c) not in again] + revoted
+            involved = [c for c in candidates if target_of(c) == query.source_id]
+        kept, dropped = resolve(candidates, self.rules)
+        side = (lambda c: c.item_id) if query.kind == "item" else (lambda c: c.video_id)
+        match = next((c for c in kept if side(c) == query.source_id), None)
+        listed = [{**pair_json(c), "kept": c in kept, "why": dropped.get((c.video_id, c.item_id), "")}
+                  for c in sorted(involved, key=lambda c: c.distance)]
+        return {"match": pair_json(match) if match else None,
+                "reason": self._reason(query, match, abstained, listed),
+                "candidates": listed}
+
+    def _retrieved_with(self, query: SourceBoxes, groups: Side, targets: Side, base: GalleryVotes
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Every group box's nearest target once ``query`` takes the place of the indexed target with its id.
+
+        Only two kinds of box can change their nearest: those whose nearest
+        was a box of the replaced entry (searched again, skipping its rows)
+        and those now nearer to one of the query's boxes (one small search of
+        every group box against the query's own). Query rows follow the
+        gallery's in the combined table.
+        """
+        distances, rows = base.distances.copy(), base.rows.copy()
+        replaced = np.flatnonzero(targets.table.source == query.source_id)
+        stale = np.isin(rows, replaced)
+        if stale.any():
+            distances[stale], rows[stale] = _nearest_excluding(targets.index, groups.index.vectors[stale], replaced)
+        if len(query.boxes):
+            own = GalleryIndex(self.dim, device=targets.index.device)
+            own.add(query.vectors, len(targets) + np.arange(len(query.boxes)))
+            own_distances, own_rows = _nearest(own, groups.index.vectors)
+            closer = own_distances < distances
+            distances[closer], rows[closer] = own_distances[closer], own_rows[closer]
+        return distances, rows
+
+    def _reason(self, query: SourceBoxes, match: Candidate | None, abstained: dict[str, str],
+                listed: list[dict]) -> str:
+        if match is not None:
+            return f"matched at distance {match.distance:.3f}"
+        if not query.boxes:
+            return "no garment box detected"
+        if query.source_id in abstained:
+            return abstained[query.source_id]
+        if listed:
+            return "; ".join(f"{c['item_id'] if query.kind == 'clip' else c['video_id']}: {c['why']}"
+                             for c in listed)
+        return "nothing in the gallery voted for it" if query.kind != self.group_kind else "no vote"
+
