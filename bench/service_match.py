@@ -18,8 +18,12 @@ Four kinds of query, each ``--queries`` times (median latency):
 * ``clip indexed`` / ``item indexed``: one with the id of an indexed entry,
   which it replaces for the vote (a dataset's own clip sent back).
 
-``gallery_votes_s`` is the one-off cost of the gallery voting against
-itself, paid by the first query after every change; ``right`` is the share
+``gallery_votes_s`` is the cost of the gallery voting against itself from
+scratch (a fresh service, once). Two more rows time gallery changes
+(``--changes`` each): ``add clip`` / ``add item`` commit one new entry
+(``commit_ms``: the index file rewritten and synced, the snapshot rebuilt)
+and derive the new generation's votes from the last (``p50_ms``), which the
+service does in the background after every change. ``right`` is the share
 of queries matched to the item or clip they were drawn from. A new query
 shows a garment that an indexed entry shows too, so the one-to-one
 assignment gives the partner to one of the two and ``right`` stays well
@@ -39,11 +43,11 @@ import torch
 from bench.common import Timer, print_table, write_result
 from bench.index import clustered, noisy
 from metric_sub.match import load_match_config
-from service.gallery import GalleryStore, SourceBoxes
+from service.gallery import GalleryStore, Snapshot, SourceBoxes
 from service.matcher import GalleryMatcher
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "service_match.json"
-COLUMNS = ["pairs", "item_boxes", "clip_boxes", "query", "gallery_votes_s", "p50_ms", "p95_ms", "right"]
+COLUMNS = ["pairs", "item_boxes", "clip_boxes", "query", "gallery_votes_s", "p50_ms", "p95_ms", "right", "commit_ms"]
 IMAGES, BOXES_PER_IMAGE, FRAMES, OTHERS = 5, 2, 16, 2
 SPREAD = 0.8
 
@@ -93,25 +97,53 @@ def measure(pairs: int, args: argparse.Namespace, rng: np.random.Generator, fold
     store = GalleryStore(folder / f"gallery-{pairs}", args.dim, {"bench": True}, fresh=True)
     snapshot = store.replace_all(sources)
     matcher = GalleryMatcher(load_match_config().vote, args.dim)
-    with Timer() as timer:
+    with Timer() as scratch:
         matcher.gallery_votes(snapshot)
+    size = {"pairs": pairs, "item_boxes": len(snapshot.sides["item"]), "clip_boxes": len(snapshot.sides["clip"])}
     rows = []
     for kind in ("clip new", "clip indexed", "item new", "item indexed"):
-        times, right = [], 0
-        for query, expected in queries(kind, args.queries, pairs, centres, rng):
-            with Timer() as t:
-                answer = matcher.match(query, snapshot)
-            times.append(t.seconds)
-            pair = answer["match"]
-            found = pair and (pair["item_id"] if query.kind == "clip" else pair["video_id"])
-            right += found == expected
-        rows.append({"pairs": pairs, "item_boxes": len(snapshot.sides["item"]),
-                     "clip_boxes": len(snapshot.sides["clip"]), "query": kind,
-                     "gallery_votes_s": round(timer.seconds, 3), "p50_ms": 1000 * statistics.median(times),
-                     "p95_ms": 1000 * float(np.percentile(times, 95)), "right": right / len(times)})
+        times, right = time_queries(matcher, snapshot, queries(kind, args.queries, pairs, centres, rng))
+        rows.append({**size, "query": kind, "gallery_votes_s": round(scratch.seconds, 3), **_percentiles(times),
+                     "right": right})
+        print_table(rows[-1:], COLUMNS)
+    for kind in ("add clip", "add item"):
+        added = [source for source, _ in queries(kind.split()[1] + " new", args.changes, pairs, centres, rng)]
+        commits, votes = time_changes(store, matcher, added)
+        rows.append({**size, "query": kind, **_percentiles(votes), "commit_ms": 1000 * statistics.median(commits)})
         print_table(rows[-1:], COLUMNS)
     store.close()
     return rows
+
+
+def time_queries(matcher: GalleryMatcher, snapshot: Snapshot,
+                 asked: list[tuple[SourceBoxes, str]]) -> tuple[list[float], float]:
+    """Seconds per match and the share matched to the partner they were drawn from."""
+    times, right = [], 0
+    for query, expected in asked:
+        with Timer() as timer:
+            answer = matcher.match(query, snapshot)
+        times.append(timer.seconds)
+        pair = answer["match"]
+        right += bool(pair) and (pair["item_id"] if query.kind == "clip" else pair["video_id"]) == expected
+    return times, right / len(asked)
+
+
+def time_changes(store: GalleryStore, matcher: GalleryMatcher,
+                 added: list[SourceBoxes]) -> tuple[list[float], list[float]]:
+    """Seconds per commit of one new entry, and per derivation of the new generation's votes."""
+    commits, votes = [], []
+    for source in added:
+        with Timer() as commit:
+            snapshot = store.put([source])
+        with Timer() as timer:
+            matcher.gallery_votes(snapshot)
+        commits.append(commit.seconds)
+        votes.append(timer.seconds)
+    return commits, votes
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    return {"p50_ms": 1000 * statistics.median(seconds), "p95_ms": 1000 * float(np.percentile(seconds, 95))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", default="250,1000,4000", help="comma-separated gallery sizes (item-clip pairs)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=20, help="queries per kind and size")
+    parser.add_argument("--changes", type=int, default=3, help="gallery additions timed per kind and size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -128,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(rows, COLUMNS)
     path = write_result(args.out, "service_match", rows, {
-        "dim": args.dim, "queries": args.queries, "threads": torch.get_num_threads(),
+        "dim": args.dim, "queries": args.queries, "changes": args.changes, "threads": torch.get_num_threads(),
         "vote": load_match_config().vote.model_dump()})
     print(f"written {path}")
     return 0

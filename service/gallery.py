@@ -27,7 +27,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -168,6 +168,8 @@ class GalleryStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self.snapshot = self._empty() if fresh else self._recover()
+        self.on_change: Callable[[Snapshot], None] | None = None
+        """Called with every newly committed snapshot (the service precomputes its votes); must return quickly."""
 
     def close(self) -> None:
         self._db.close()
@@ -274,6 +276,8 @@ class GalleryStore:
                     (self.data_dir / index_file).unlink(missing_ok=True)
                 raise
             self.snapshot = self._snapshot(generation, ids, vectors)
+            if self.on_change is not None:
+                self.on_change(self.snapshot)
             for leftover in self.data_dir.glob("index-*.faiss"):
                 if leftover.name != index_file:
                     leftover.unlink(missing_ok=True)

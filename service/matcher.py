@@ -10,6 +10,7 @@ writes for it.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,15 @@ def _nearest_excluding(index: GalleryIndex, vectors: np.ndarray, excluded: np.nd
     return (np.where(found, distances[picked], np.inf).astype(np.float64), np.where(found, rows[picked], -1))
 
 
+def _lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``ids``: whether the ascending ``known`` holds it, and at which position (0 where not)."""
+    if not len(known):
+        return np.zeros(len(ids), bool), np.zeros(len(ids), np.int64)
+    position = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+    found = known[position] == ids
+    return found, np.where(found, position, 0)
+
+
 def pair_json(c: Candidate) -> dict[str, Any]:
     return {"item_id": c.item_id, "video_id": c.video_id, "img_name": c.img_name, "item_box": list(c.item_box),
             "frame_index": c.frame_index, "frame_box": list(c.frame_box), "distance": round(c.distance, 6),
@@ -69,11 +79,16 @@ def pair_json(c: Candidate) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class GalleryVotes:
-    """The indexed entries voting among themselves: each group box's nearest target and the candidates."""
+    """The indexed entries of one generation voting among themselves: each group box's nearest target
+    (distance and target row) and the candidate pairs, with the persistent box ids of both sides' rows, which
+    let the next generation's votes be derived from these (``GalleryMatcher.gallery_votes``)."""
 
+    generation: int
     distances: np.ndarray
     rows: np.ndarray
     candidates: list[Candidate]
+    group_box_ids: np.ndarray
+    target_box_ids: np.ndarray
 
 
 class GalleryMatcher:
@@ -82,21 +97,88 @@ class GalleryMatcher:
     def __init__(self, rules: VoteRules, dim: int) -> None:
         self.rules = rules
         self.dim = dim
+        self._cache_key = ("votes", rules.model_dump_json())
+        self._last: GalleryVotes | None = None
+        """The newest generation's votes computed so far, the base the next generation's are derived from."""
+        self._last_lock = threading.Lock()
 
     @property
     def group_kind(self) -> Kind:
         """The side whose entries vote (items in the seed's direction)."""
         return "item" if self.rules.direction == "shop_to_clip" else "clip"
 
+    def _sides(self, snapshot: Snapshot) -> tuple[Side, Side]:
+        """The voting side (groups) and the searched side (targets) of a snapshot."""
+        return snapshot.sides[self.group_kind], snapshot.sides["clip" if self.group_kind == "item" else "item"]
+
     def gallery_votes(self, snapshot: Snapshot) -> GalleryVotes:
+        """The snapshot's entries voting among themselves under these rules, computed once per snapshot.
+
+        Derived from the last generation this matcher voted when there is one
+        (``_votes_since``), else from scratch: the full vote searches every
+        group box against the whole gallery.
+        """
         with snapshot.cache_lock:
-            if "votes" not in snapshot.cache:
-                groups = snapshot.sides[self.group_kind]
-                targets = snapshot.sides["clip" if self.group_kind == "item" else "item"]
-                distances, rows = _nearest(targets.index, groups.index.vectors)
-                candidates, _ = vote_all(_retrievals(distances, rows), groups.table, targets.table, self.rules)
-                snapshot.cache["votes"] = GalleryVotes(distances, rows, candidates)
-            return snapshot.cache["votes"]
+            if self._cache_key not in snapshot.cache:
+                last = self._last
+                votes = self._votes_since(last, snapshot) if last is not None else self._votes(snapshot)
+                snapshot.cache[self._cache_key] = votes
+                with self._last_lock:
+                    if self._last is None or self._last.generation < votes.generation:
+                        self._last = votes
+            return snapshot.cache[self._cache_key]
+
+    def _votes(self, snapshot: Snapshot) -> GalleryVotes:
+        groups, targets = self._sides(snapshot)
+        distances, rows = _nearest(targets.index, groups.index.vectors)
+        candidates, _ = vote_all(_retrievals(distances, rows), groups.table, targets.table, self.rules)
+        return GalleryVotes(snapshot.generation, distances, rows, candidates, groups.box_ids, targets.box_ids)
+
+    def _votes_since(self, last: GalleryVotes, snapshot: Snapshot) -> GalleryVotes:
+        """This snapshot's votes from another generation's, touching only what differs between the two.
+
+        Entries are replaced whole, so box ids tell what changed. A group box
+        kept from ``last`` keeps its nearest target unless that box is gone
+        (searched again) or a new target box is nearer (one search of the kept
+        group boxes against the new target boxes alone); new group boxes are
+        searched in full. Only groups with a changed box vote again; the
+        others keep their candidates, which name ids and boxes, not rows.
+        """
+        groups, targets = self._sides(snapshot)
+        kept, old_row = _lookup(last.group_box_ids, groups.box_ids)
+        kept[kept] = last.rows[old_row[kept]] >= 0
+        target_ids = np.full(len(groups), -1, np.int64)
+        target_ids[kept] = last.target_box_ids[last.rows[old_row[kept]]]
+        still, target_row = _lookup(targets.box_ids, target_ids)
+        still &= kept
+        distances = np.full(len(groups), np.inf)
+        rows = np.full(len(groups), -1, np.int64)
+        distances[still], rows[still] = last.distances[old_row[still]], target_row[still]
+        redo = ~still
+        if redo.any():
+            distances[redo], rows[redo] = _nearest(targets.index, groups.index.vectors[redo])
+        new_targets = np.flatnonzero(~_lookup(last.target_box_ids, targets.box_ids)[0])
+        if len(new_targets) and still.any():
+            fresh = GalleryIndex(self.dim, device=targets.index.device)
+            fresh.add(targets.index.vectors[new_targets], new_targets)
+            near, found = _nearest(fresh, groups.index.vectors[still])
+            closer = np.zeros_like(still)
+            closer[still] = near < distances[still]
+            distances[closer], rows[closer] = near[closer[still]], found[closer[still]]
+            redo |= closer
+        again = set(groups.table.source[redo])
+        voters = np.sort(np.concatenate([groups.table.rows_of[g] for g in again] or [np.zeros(0, int)]))
+        voters = voters[rows[voters] >= 0]
+        revoted, _ = vote_all(Retrievals(voters, rows[voters], distances[voters]), groups.table, targets.table,
+                              self.rules)
+        present = set(groups.table.source)
+        group_of = (lambda c: c.item_id) if self.group_kind == "item" else (lambda c: c.video_id)
+        candidates = [c for c in last.candidates if group_of(c) in present and group_of(c) not in again] + revoted
+        return GalleryVotes(snapshot.generation, distances, rows, candidates, groups.box_ids, targets.box_ids)
+
+    def has_votes(self, snapshot: Snapshot) -> bool:
+        """Whether ``gallery_votes`` of this snapshot is already computed (a match will not wait for it)."""
+        return self._cache_key in snapshot.cache
 
     def match(self, query: SourceBoxes, snapshot: Snapshot) -> dict[str, Any]:
         """The answer for one query against the gallery (CPU work; call it in a thread)."""
@@ -108,8 +190,7 @@ class GalleryMatcher:
         def target_of(c: Candidate) -> str:
             return c.video_id if shop_to_clip else c.item_id
 
-        groups = snapshot.sides[self.group_kind]
-        targets = snapshot.sides["clip" if self.group_kind == "item" else "item"]
+        groups, targets = self._sides(snapshot)
         base = self.gallery_votes(snapshot)
         abstained: dict[str, str] = {}
         if query.kind == self.group_kind:

@@ -37,12 +37,13 @@ def test_index_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_service_match_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "service_match.json"
     cmd = [sys.executable, "-m", "bench.service_match", "--pairs", "20", "--dim", "32", "--queries", "4",
-           "--out", str(out)]
+           "--changes", "2", "--out", str(out)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {r["query"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"clip new", "clip indexed", "item new", "item indexed"}
+    assert set(rows) == {"clip new", "clip indexed", "item new", "item indexed", "add clip", "add item"}
     # An entry sent back under its own id replaces itself and must find its partner again.
     assert rows["clip indexed"]["right"] == 1.0 and rows["item indexed"]["right"] == 1.0
     assert all(r["p50_ms"] > 0 and r["clip_boxes"] == 20 * 48 for r in rows.values())
+    assert rows["add clip"]["commit_ms"] > 0 and rows["add item"]["commit_ms"] > 0

@@ -193,6 +193,11 @@ def test_gallery_changes_survive_restart(setup: dict[str, Path]) -> None:
         metrics = httpx.get(f"{server.url}/metrics").text
         assert 'shopmatch_gallery_entries{kind="clip"} 1' in metrics
         assert 'shopmatch_model_batch_size_count{model="embedder"}' in metrics
+        # After each change the gallery's own votes are computed in the background, not by the next match.
+        deadline = time.monotonic() + 60
+        while "shopmatch_gallery_votes_ready 1" not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, "the gallery's votes were never precomputed"
+            time.sleep(0.2)
     finally:
         server.stop()
     assert [(e["kind"], e["id"]) for e in before] == [("clip", "000002"), ("item", "000001")]

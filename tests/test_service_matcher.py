@@ -66,15 +66,16 @@ def _batch_answer(sources: list[SourceBoxes], query: SourceBoxes, rules: VoteRul
                  for c in result if side(c) == query.source_id), None)
 
 
-@pytest.mark.parametrize("assignment", ["hungarian", "greedy"])
+@pytest.mark.parametrize("rules", [VoteRules(assignment="hungarian"), VoteRules(assignment="greedy"),
+                                   VoteRules(assignment="hungarian", direction="clip_to_shop")],
+                         ids=["hungarian", "greedy", "clip_to_shop"])
 @pytest.mark.parametrize("kind,source_id,garment", [
     ("clip", "c03", 3), ("clip", "c07", 5), ("clip", "cnew", 4), ("clip", "c02", None),
     ("item", "i03", 3), ("item", "inew", 6), ("item", "i08", 1)])
-def test_query_answer_equals_the_batch_matcher(gallery, assignment: str, kind: str, source_id: str,
+def test_query_answer_equals_the_batch_matcher(gallery, rules: VoteRules, kind: str, source_id: str,
                                                garment: int | None) -> None:
     snapshot, centres, sources = gallery
     rng = np.random.default_rng(hash((kind, source_id)) % 2**32)
-    rules = VoteRules(assignment=assignment)
     if kind == "clip":  # c07 sent with item 5's garment, c02 with garments not in the gallery at all
         centre = centres[garment] if garment is not None else rng.normal(size=DIM)
         query = _clip(source_id, centre, rng.normal(size=DIM), rng)
@@ -84,3 +85,37 @@ def test_query_answer_equals_the_batch_matcher(gallery, assignment: str, kind: s
     expected = _batch_answer(sources, query, rules)
     got = None if answer["match"] is None else {k: answer["match"][k] for k in expected or {}}
     assert got == expected, answer["reason"]
+
+
+@pytest.mark.parametrize("rules", [VoteRules(assignment="hungarian"),
+                                   VoteRules(assignment="hungarian", direction="clip_to_shop")],
+                         ids=["shop_to_clip", "clip_to_shop"])
+def test_votes_derived_from_the_last_generation_equal_votes_from_scratch(tmp_path: Path, rules: VoteRules) -> None:
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(2 * PAIRS, DIM))
+    store = GalleryStore(tmp_path, DIM, {"test": 1})
+    matcher = GalleryMatcher(rules, DIM)  # keeps the last generation's votes and derives the next from them
+    changes = [
+        lambda: store.put([_item(f"i{k:02d}", centres[k], rng) for k in range(6)]),  # items, no clip yet
+        lambda: store.put([_clip(f"c{k:02d}", centres[k], centres[PAIRS + k], rng) for k in range(8)]),
+        lambda: store.put([_item(f"i{k:02d}", centres[k], rng) for k in range(6, PAIRS)]),
+        lambda: store.put([_clip("c03", centres[9], centres[PAIRS], rng)]),  # replaced: another garment
+        lambda: store.delete("clip", "c05"),
+        lambda: store.delete("item", "i09"),
+        lambda: store.put([_clip("c20", centres[5], centres[PAIRS + 1], rng), _item("i99", centres[3], rng)]),
+        lambda: store.replace_all([_item("i01", centres[1], rng), _clip("c01", centres[1], centres[PAIRS], rng)]),
+    ]
+    for change in changes:
+        change()
+        snapshot = store.snapshot
+        derived = matcher.gallery_votes(snapshot)
+        scratch = GalleryMatcher(rules, DIM)._votes(snapshot)
+        np.testing.assert_array_equal(derived.rows, scratch.rows)
+        np.testing.assert_allclose(derived.distances, scratch.distances, atol=1e-5)
+
+        def pairs(votes) -> list[tuple]:
+            return sorted((c.video_id, c.item_id, c.img_name, c.item_box, c.frame_index, c.frame_box, c.votes,
+                           round(c.distance, 4)) for c in votes.candidates)
+
+        assert pairs(derived) == pairs(scratch)
+        assert len(scratch.candidates) > 0 or snapshot.generation == 1
