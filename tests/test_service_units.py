@@ -27,6 +27,26 @@ def _source(kind: str, source_id: str, boxes: int, seed: int) -> SourceBoxes:
                        [(0, 0, 10, 10)] * boxes, [0.9] * boxes, [0] * boxes, 1)
 
 
+def test_snapshot_built_in_memory_equals_the_one_read_back_from_disk(tmp_path: Path) -> None:
+    store = GalleryStore(tmp_path, DIM, MODELS)
+    store.put([_source("item", "i1", 2, 1), _source("clip", "c1", 3, 2), _source("item", "i2", 4, 3)])
+    store.put([_source("clip", "c2", 5, 4), _source("item", "i1", 3, 5)])  # i1 replaced
+    store.delete("clip", "c1")
+    store.put([_source("clip", "c3", 2, 6)])
+    built = store.snapshot
+    store.close()
+    read = GalleryStore(tmp_path, DIM, MODELS).snapshot
+    assert built.generation == read.generation and built.entries == read.entries
+    for kind in ("item", "clip"):
+        a, b = built.sides[kind], read.sides[kind]
+        np.testing.assert_array_equal(a.box_ids, b.box_ids)
+        for name in ("source", "score", "frame", "box", "name"):
+            np.testing.assert_array_equal(getattr(a.table, name), getattr(b.table, name), err_msg=name)
+        np.testing.assert_allclose(a.index.vectors, b.index.vectors, atol=1e-6)
+        assert a.table.vectors is a.index.vectors
+    assert list(built.sides["item"].table.source) == ["i2"] * 4 + ["i1"] * 3
+
+
 CRASH = """
 import os, sys
 import numpy as np
