@@ -96,7 +96,7 @@ def measure(pairs: int, args: argparse.Namespace, rng: np.random.Generator, fold
     sources, centres = gallery_sources(pairs, args.dim, rng)
     store = GalleryStore(folder / f"gallery-{pairs}", args.dim, {"bench": True}, fresh=True)
     snapshot = store.replace_all(sources)
-    matcher = GalleryMatcher(load_match_config().vote, args.dim)
+    matcher = GalleryMatcher(load_match_config().vote)
     with Timer() as scratch:
         matcher.gallery_votes(snapshot)
     size = {"pairs": pairs, "item_boxes": len(snapshot.sides["item"]), "clip_boxes": len(snapshot.sides["clip"])}

@@ -56,7 +56,8 @@ Rules per group (seed-solution.md 5.3, 5.4), each number a ``VoteRules`` field:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Literal
 
@@ -104,6 +105,19 @@ class BoxTable:
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def take(self, rows: np.ndarray) -> BoxTable:
+        """The given rows (indices or a mask), vectors included."""
+        return BoxTable(*(None if column is None else column[rows]
+                          for column in (getattr(self, f.name) for f in fields(self))))
+
+    @staticmethod
+    def join(tables: Sequence[BoxTable]) -> BoxTable:
+        """The tables' rows one after another; vectors when every table has them."""
+        columns = {f.name: [getattr(t, f.name) for t in tables] for f in fields(BoxTable)}
+        vectors = columns.pop("vectors")
+        return BoxTable(**{name: np.concatenate(parts) for name, parts in columns.items()},
+                        vectors=None if any(v is None for v in vectors) else np.concatenate(vectors))
 
     @cached_property
     def rows_of(self) -> dict[str, np.ndarray]:

@@ -69,7 +69,7 @@ class Engine:
                         for cfg, spec in zip(embed_cfgs, settings.embedders)]
         self.dim = sum(r.dim for r in self.runners)
         self.rules = load_match_config(settings.match, settings.match_set).vote
-        self.matcher = GalleryMatcher(self.rules, self.dim)
+        self.matcher = GalleryMatcher(self.rules)
         self.models = {"detector": [det_cfg.name, _file_digest(settings.detector.weights)],
                        "embedders": [[c.name, c.model.embedding_size, _file_digest(s.weights)]
                                      for c, s in zip(embed_cfgs, settings.embedders)]}

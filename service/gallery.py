@@ -21,6 +21,7 @@ after each commit.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -241,15 +242,13 @@ class GalleryStore:
         built from the previous snapshot in memory: reading every box back
         from SQLite cost most of a change's time on large galleries.
         """
-        tables = [s.table() for s in added]
+        joined = BoxTable.join([side.table.take(keep), *(s.table() for s in added)])
         box_ids = np.concatenate([side.box_ids[keep], *ids])
         index = GalleryIndex(self.dim, IndexConfig(), self.device)
         if len(box_ids):
-            index.add(np.concatenate([side.index.vectors[keep], *(t.vectors for t in tables)]),
-                      np.arange(len(box_ids), dtype=np.int64))
-        columns = [np.concatenate([getattr(side.table, f)[keep], *(getattr(t, f) for t in tables)])
-                   for f in ("source", "score", "frame", "box", "name")]
-        return Side(BoxTable(*columns, index.vectors), index, box_ids)
+            index.add(joined.vectors, np.arange(len(box_ids), dtype=np.int64))
+        # The index's ids are table rows, so its unit vectors serve the table too (no second copy).
+        return Side(dataclasses.replace(joined, vectors=index.vectors), index, box_ids)
 
     def put(self, sources: list[SourceBoxes]) -> Snapshot:
         """Add entries, replacing any with the same kind and id, in one atomic change."""
@@ -280,21 +279,18 @@ class GalleryStore:
             new_ids = np.arange(next_id, next_id + sum(len(s.boxes) for s in added), dtype=np.int64)
             next_id += len(new_ids)
             ids_of = np.split(new_ids, np.cumsum([len(s.boxes) for s in added])[:-1]) if added else []
-            ids = np.concatenate([old.sides[k].box_ids[keeps[k]] for k in KINDS] + [new_ids])
-            vectors = np.concatenate([old.sides[k].index.vectors[keeps[k]] for k in KINDS]
-                                     + [s.vectors.astype(np.float32).reshape(-1, self.dim) for s in added])
+            sides = {kind: self._next_side(old.sides[kind], keeps[kind],
+                                           [s for s in added if s.kind == kind],
+                                           [i for s, i in zip(added, ids_of) if s.kind == kind])
+                     for kind in KINDS}
             generation = old.generation + 1
-            index_file = self._write_index(generation, ids, vectors) if len(ids) else None
+            index_file = self._write_index(generation, sides) if any(len(side) for side in sides.values()) else None
             try:
                 self._commit(removed, added, new_ids, generation, index_file, next_id)
             except BaseException:
                 if index_file is not None:
                     (self.data_dir / index_file).unlink(missing_ok=True)
                 raise
-            sides = {kind: self._next_side(old.sides[kind], keeps[kind],
-                                           [s for s in added if s.kind == kind],
-                                           [i for s, i in zip(added, ids_of) if s.kind == kind])
-                     for kind in KINDS}
             self.snapshot = Snapshot(generation, self.dim, self._entries(), sides)
             if self.on_change is not None:
                 self.on_change(self.snapshot)
@@ -303,9 +299,11 @@ class GalleryStore:
                     leftover.unlink(missing_ok=True)
             return self.snapshot
 
-    def _write_index(self, generation: int, ids: np.ndarray, vectors: np.ndarray) -> str:
+    def _write_index(self, generation: int, sides: dict[str, Side]) -> str:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(ids, np.int64))
+        for side in sides.values():
+            index.add_with_ids(np.ascontiguousarray(side.index.vectors, np.float32),
+                               np.ascontiguousarray(side.box_ids, np.int64))
         name = f"index-{generation:08d}.faiss"
         tmp = self.data_dir / f"{name}.tmp"
         faiss.write_index(index, str(tmp))

@@ -11,14 +11,18 @@ writes for it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metric_sub.index import GalleryIndex
 from metric_sub.vote import BoxTable, Candidate, Retrievals, VoteRules, resolve, vote_all
 from service.gallery import Kind, Side, Snapshot, SourceBoxes
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _local_targets(targets: BoxTable, query: SourceBoxes, rows: np.ndarray) -> tuple[BoxTable, np.ndarray]:
@@ -33,12 +37,36 @@ def _local_targets(targets: BoxTable, query: SourceBoxes, rows: np.ndarray) -> t
     """
     found = rows[(rows >= 0) & (rows < len(targets))]
     sources = np.unique(targets.source[found])
-    kept = np.sort(np.concatenate([targets.rows_of[str(s)] for s in sources])) if len(sources) else np.zeros(0, int)
-    extra = query.table()
-    table = BoxTable(*(np.concatenate([getattr(targets, f)[kept], getattr(extra, f)]) for f in
-                       ("source", "score", "frame", "box", "name", "vectors")))
+    kept = _rows_of(targets, sources)
+    table = BoxTable.join([targets.take(kept), query.table()])
     local = np.where(rows >= len(targets), rows - len(targets) + len(kept), np.searchsorted(kept, rows))
     return table, np.where(rows >= 0, local, -1)
+
+
+def _rows_of(table: BoxTable, sources: Iterable[str]) -> np.ndarray:
+    """The rows of the given sources, ascending."""
+    return np.sort(np.concatenate([table.rows_of[str(s)] for s in sources] or [np.zeros(0, np.int64)]))
+
+
+def _voters(groups: BoxTable, changed: set[str], rows: np.ndarray) -> np.ndarray:
+    """The rows of the changed groups whose box found a target: what votes again."""
+    voters = _rows_of(groups, changed)
+    return voters[rows[voters] >= 0]
+
+
+def _take_nearer(distances: np.ndarray, rows: np.ndarray, queries: np.ndarray, vectors: np.ndarray,
+                 ids: np.ndarray, device: torch.device, among: np.ndarray | None = None) -> np.ndarray:
+    """Where one of ``vectors`` (with row ``ids``) is nearer to a query than its current nearest, among the
+    masked queries (default: all, searched without copying them), take it (in place); returns the mask of
+    queries that changed."""
+    fresh = GalleryIndex(vectors.shape[1], device=device)
+    fresh.add(vectors, ids)
+    near, found = _nearest(fresh, queries if among is None else queries[among])
+    closer = np.zeros(len(queries), bool)
+    where = slice(None) if among is None else among
+    closer[where] = near < distances[where]
+    distances[closer], rows[closer] = near[closer[where]], found[closer[where]]
+    return closer
 
 
 def _retrievals(distances: np.ndarray, rows: np.ndarray) -> Retrievals:
@@ -56,9 +84,8 @@ def _nearest_excluding(index: GalleryIndex, vectors: np.ndarray, excluded: np.nd
     """Each vector's nearest row not in ``excluded``: among its ``len(excluded) + 1`` nearest, one always is."""
     distances, rows = index.search(vectors, len(excluded) + 1)
     allowed = (rows >= 0) & ~np.isin(rows, excluded)
-    first = np.argmax(allowed, axis=1)
-    found = allowed[np.arange(len(rows)), first]
-    picked = np.arange(len(rows)), first
+    picked = np.arange(len(rows)), np.argmax(allowed, axis=1)
+    found = allowed[picked]
     return (np.where(found, distances[picked], np.inf).astype(np.float64), np.where(found, rows[picked], -1))
 
 
@@ -94,9 +121,8 @@ class GalleryVotes:
 class GalleryMatcher:
     """The voting rules applied to a query and a gallery snapshot."""
 
-    def __init__(self, rules: VoteRules, dim: int) -> None:
+    def __init__(self, rules: VoteRules) -> None:
         self.rules = rules
-        self.dim = dim
         self._cache_key = ("votes", rules.model_dump_json())
         self._last: GalleryVotes | None = None
         """The newest generation's votes computed so far, the base the next generation's are derived from."""
@@ -159,55 +185,46 @@ class GalleryMatcher:
             distances[redo], rows[redo] = _nearest(targets.index, groups.index.vectors[redo])
         new_targets = np.flatnonzero(~_lookup(last.target_box_ids, targets.box_ids)[0])
         if len(new_targets) and still.any():
-            fresh = GalleryIndex(self.dim, device=targets.index.device)
-            fresh.add(targets.index.vectors[new_targets], new_targets)
-            near, found = _nearest(fresh, groups.index.vectors[still])
-            closer = np.zeros_like(still)
-            closer[still] = near < distances[still]
-            distances[closer], rows[closer] = near[closer[still]], found[closer[still]]
-            redo |= closer
+            redo |= _take_nearer(distances, rows, groups.index.vectors, targets.index.vectors[new_targets],
+                                 new_targets, targets.index.device, among=still)
         again = set(groups.table.source[redo])
-        voters = np.sort(np.concatenate([groups.table.rows_of[g] for g in again] or [np.zeros(0, int)]))
-        voters = voters[rows[voters] >= 0]
+        voters = _voters(groups.table, again, rows)
         revoted, _ = vote_all(Retrievals(voters, rows[voters], distances[voters]), groups.table, targets.table,
                               self.rules)
         present = set(groups.table.source)
-        group_of = (lambda c: c.item_id) if self.group_kind == "item" else (lambda c: c.video_id)
-        candidates = [c for c in last.candidates if group_of(c) in present and group_of(c) not in again] + revoted
+        candidates = [c for c in last.candidates
+                      if self._group_of(c) in present and self._group_of(c) not in again] + revoted
         return GalleryVotes(snapshot.generation, distances, rows, candidates, groups.box_ids, targets.box_ids)
 
     def has_votes(self, snapshot: Snapshot) -> bool:
         """Whether ``gallery_votes`` of this snapshot is already computed (a match will not wait for it)."""
         return self._cache_key in snapshot.cache
 
+    def _group_of(self, c: Candidate) -> str:
+        return c.item_id if self.group_kind == "item" else c.video_id
+
+    def _target_of(self, c: Candidate) -> str:
+        return c.video_id if self.group_kind == "item" else c.item_id
+
     def match(self, query: SourceBoxes, snapshot: Snapshot) -> dict[str, Any]:
         """The answer for one query against the gallery (CPU work; call it in a thread)."""
-        shop_to_clip = self.rules.direction == "shop_to_clip"
-
-        def group_of(c: Candidate) -> str:
-            return c.item_id if shop_to_clip else c.video_id
-
-        def target_of(c: Candidate) -> str:
-            return c.video_id if shop_to_clip else c.item_id
-
         groups, targets = self._sides(snapshot)
         base = self.gallery_votes(snapshot)
         abstained: dict[str, str] = {}
         if query.kind == self.group_kind:
             distances, rows = _nearest(targets.index, query.vectors)
             mine, abstained = vote_all(_retrievals(distances, rows), query.table(), targets.table, self.rules)
-            candidates = [c for c in base.candidates if group_of(c) != query.source_id] + mine
-            involved = [c for c in candidates if group_of(c) == query.source_id]
+            candidates = [c for c in base.candidates if self._group_of(c) != query.source_id] + mine
+            involved = [c for c in candidates if self._group_of(c) == query.source_id]
         else:
             distances, rows = self._retrieved_with(query, groups, targets, base)
             # Only groups with a box whose nearest target changed can vote otherwise than the gallery did.
             again = set(groups.table.source[(distances != base.distances) | (rows != base.rows)])
-            voters = np.sort(np.concatenate([groups.table.rows_of[g] for g in again] or [np.zeros(0, int)]))
-            voters = voters[rows[voters] >= 0]
+            voters = _voters(groups.table, again, rows)
             table, local = _local_targets(targets.table, query, rows[voters])
             revoted, _ = vote_all(Retrievals(voters, local, distances[voters]), groups.table, table, self.rules)
-            candidates = [c for c in base.candidates if group_of(c) not in again] + revoted
-            involved = [c for c in candidates if target_of(c) == query.source_id]
+            candidates = [c for c in base.candidates if self._group_of(c) not in again] + revoted
+            involved = [c for c in candidates if self._target_of(c) == query.source_id]
         kept, dropped = resolve(candidates, self.rules)
         side = (lambda c: c.item_id) if query.kind == "item" else (lambda c: c.video_id)
         match = next((c for c in kept if side(c) == query.source_id), None)
@@ -233,11 +250,8 @@ class GalleryMatcher:
         if stale.any():
             distances[stale], rows[stale] = _nearest_excluding(targets.index, groups.index.vectors[stale], replaced)
         if len(query.boxes):
-            own = GalleryIndex(self.dim, device=targets.index.device)
-            own.add(query.vectors, len(targets) + np.arange(len(query.boxes)))
-            own_distances, own_rows = _nearest(own, groups.index.vectors)
-            closer = own_distances < distances
-            distances[closer], rows[closer] = own_distances[closer], own_rows[closer]
+            _take_nearer(distances, rows, groups.index.vectors, query.vectors,
+                         len(targets) + np.arange(len(query.boxes)), targets.index.device)
         return distances, rows
 
     def _reason(self, query: SourceBoxes, match: Candidate | None, abstained: dict[str, str],

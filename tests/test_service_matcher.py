@@ -81,7 +81,7 @@ def test_query_answer_equals_the_batch_matcher(gallery, rules: VoteRules, kind: 
         query = _clip(source_id, centre, rng.normal(size=DIM), rng)
     else:
         query = _item(source_id, centres[garment], rng)
-    answer = GalleryMatcher(rules, DIM).match(query, snapshot)
+    answer = GalleryMatcher(rules).match(query, snapshot)
     expected = _batch_answer(sources, query, rules)
     got = None if answer["match"] is None else {k: answer["match"][k] for k in expected or {}}
     assert got == expected, answer["reason"]
@@ -94,7 +94,7 @@ def test_votes_derived_from_the_last_generation_equal_votes_from_scratch(tmp_pat
     rng = np.random.default_rng(8)
     centres = rng.normal(size=(2 * PAIRS, DIM))
     store = GalleryStore(tmp_path, DIM, {"test": 1})
-    matcher = GalleryMatcher(rules, DIM)  # keeps the last generation's votes and derives the next from them
+    matcher = GalleryMatcher(rules)  # keeps the last generation's votes and derives the next from them
     changes = [
         lambda: store.put([_item(f"i{k:02d}", centres[k], rng) for k in range(6)]),  # items, no clip yet
         lambda: store.put([_clip(f"c{k:02d}", centres[k], centres[PAIRS + k], rng) for k in range(8)]),
@@ -109,7 +109,7 @@ def test_votes_derived_from_the_last_generation_equal_votes_from_scratch(tmp_pat
         change()
         snapshot = store.snapshot
         derived = matcher.gallery_votes(snapshot)
-        scratch = GalleryMatcher(rules, DIM)._votes(snapshot)
+        scratch = GalleryMatcher(rules)._votes(snapshot)
         np.testing.assert_array_equal(derived.rows, scratch.rows)
         np.testing.assert_allclose(derived.distances, scratch.distances, atol=1e-5)
 
