@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-configs", default="tiny", help="comma-separated configs to train and score")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="training override for every trained config, e.g. train.epochs=5")
-    parser.add_argument("--items", type=int, default=40, help="items per synthetic split")
+    parser.add_argument("--items", type=int, default=40, help="items of the synthetic test split")
+    parser.add_argument("--train-items", type=int, default=None,
+                        help="items of the synthetic train split (default: --items); the test split stays the same")
     parser.add_argument("--synth", action="append", default=[], metavar="KNOB=VALUE",
                         help="dataset.synth knob, e.g. shop_size=256")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lite = [load_runner(load_embedder_config(n), None, device) for n in LITE]
     rows = []
     if args.synthetic:
-        train_root, test_root = synthetic_splits(args.work / "data", args.items, args.items, args.seed,
-                                                 parse_knobs(args.synth))
+        train_root, test_root = synthetic_splits(args.work / "data", args.train_items or args.items, args.items,
+                                                 args.seed, parse_knobs(args.synth))
         trained = []
         for name in args.train_configs.split(","):
             config = load_embedder_config(name.strip(), [*args.overrides, f"train.device={device}"])
@@ -100,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not rows:
         parser.error("nothing to do: give --synthetic and/or --zero-shot")
     print_table(rows, ["data", "model", "trained", "train_s", "queries", "recall@1", "recall@5", "match_acc"])
-    path = write_result(args.out, "embed_accuracy", rows, {"items": args.items, "synth": args.synth,
+    path = write_result(args.out, "embed_accuracy", rows, {"items": args.items,
+                                                           "train_items": args.train_items or args.items,
+                                                           "synth": args.synth,
                                                            "overrides": args.overrides, "seed": args.seed,
                                                            "threads": torch.get_num_threads()})
     print(f"written {path}")

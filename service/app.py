@@ -114,6 +114,7 @@ class Stats(BaseModel):
     clips: int
     item_boxes: int
     clip_boxes: int
+    segments: int
     dim: int
     data_dir: str
     models: dict[str, Any]
@@ -323,7 +324,8 @@ def _router() -> APIRouter:
         engine, store = _service(request).ready()
         snap = store.snapshot
         return Stats(generation=snap.generation, items=snap.count("item"), clips=snap.count("clip"),
-                     item_boxes=len(snap.sides["item"]), clip_boxes=len(snap.sides["clip"]), dim=snap.dim,
+                     item_boxes=len(snap.sides["item"]), clip_boxes=len(snap.sides["clip"]),
+                     segments=len(store.segments), dim=snap.dim,
                      data_dir=str(store.data_dir), models=engine.models)
 
     @router.get("/v1/gallery/{kind}/{source_id}", response_model=EntryOut, tags=["gallery"])

@@ -1,29 +1,29 @@
-"""The persistent gallery: box vectors in a FAISS index file, their metadata in SQLite.
+"""The persistent gallery: box vectors in append-only FAISS segment files, their metadata in SQLite.
 
 Layout of the data directory::
 
-    gallery.sqlite            entries (one per item or clip), boxes (one per vector), meta
-    index-<generation>.faiss  every vector, keyed by the box id (IndexIDMap2 over IndexFlatIP)
+    gallery.sqlite             entries (one per item or clip), boxes (one per vector), meta
+    segment-<generation>.faiss the vectors of a range of box ids (``service.segments``)
 
-Crash safety comes from never overwriting the live index file. A change
-writes the complete new vector set to a new ``index-<g+1>.faiss`` (temp file,
-fsync, rename), then commits the metadata and the pointer ``meta.index_file``
-in one SQLite transaction (WAL, ``synchronous=FULL``). That commit is the
-switch: a crash before it leaves the old pointer, the old file and the old
-rows, and the new file is an orphan deleted at the next start; a crash
-after it leaves the new state complete. Start-up loads the file the pointer
-names and checks that its ids are exactly the box ids in SQLite.
+Crash safety comes from never overwriting a live file. A change writes the
+vectors it adds (or, when ``service.segments.plan_tail`` says to merge, the
+live vectors of a trailing run of segments) to a new segment file (temp file,
+fsync, rename), then commits the metadata and the segment list
+``meta.segments`` in one SQLite transaction (WAL, ``synchronous=FULL``).
+That commit is the switch: a crash before it leaves the old list, the old
+files and the old rows, and the new file is an orphan deleted at the next
+start; a crash after it leaves the new state complete. Start-up loads the
+listed segments and checks that they hold every box id in SQLite.
 
-Rewriting every vector per change costs O(gallery) per add, which is
-milliseconds up to some hundred thousand boxes; readers are never blocked,
-because requests search an immutable in-memory ``Snapshot`` that is swapped
-after each commit.
+A change writes the boxes it adds, plus now and then a merge: a gallery of
+hundreds of thousands of boxes no longer rewrites all of them per added
+clip. Readers are never blocked, because requests search an immutable
+in-memory ``Snapshot`` that is swapped after each commit.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import sqlite3
 import threading
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import faiss
 import numpy as np
 
 from metric_sub.index import GalleryIndex, IndexConfig
 from metric_sub.vote import BoxTable
+from service.segments import Segment, next_segments, plan_tail, read_segments, write_segment
 
 Kind = Literal["item", "clip"]
 KINDS: tuple[Kind, ...] = ("item", "clip")
@@ -138,14 +138,6 @@ def _table(sources: Iterable[str], scores: Iterable[float], frames: Iterable[int
                     vectors)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class GalleryStore:
     """Reads, changes and recovers the gallery in ``data_dir``; changes are serialised by a lock."""
 
@@ -168,6 +160,7 @@ class GalleryStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self.segments: list[Segment] = [] if fresh else self._stored_segments()
         self.snapshot = self._empty() if fresh else self._recover()
         self.on_change: Callable[[Snapshot], None] | None = None
         """Called with every newly committed snapshot (the service precomputes its votes); must return quickly."""
@@ -184,41 +177,51 @@ class GalleryStore:
         side = Side(_table([], [], [], [], [], empty.vectors), empty, np.zeros(0, np.int64))
         return Snapshot(int(self._meta("generation") or 0), self.dim, {}, {kind: side for kind in KINDS})
 
+    def _stored_segments(self) -> list[Segment]:
+        """The committed segment list; a gallery written as one ``index_file`` reads as its only segment."""
+        listed = self._meta("segments")
+        if listed is not None:
+            return [Segment(**s) for s in json.loads(listed)]
+        legacy = self._meta("index_file")
+        if legacy is None:
+            return []
+        total = self._db.execute("SELECT COUNT(*) FROM boxes").fetchone()[0]
+        return [Segment(legacy, 0, total)]
+
     def _recover(self) -> Snapshot:
         """Load the committed generation, check it, and delete what a crashed change left behind."""
         generation = int(self._meta("generation") or 0)
-        index_file = self._meta("index_file")
         box_count = self._db.execute("SELECT COUNT(*) FROM boxes").fetchone()[0]
         stored_models = self._meta("models")
         if stored_models is not None and stored_models != self.models and box_count:
             raise GalleryError(f"{self.data_dir}: the gallery was built with other models "
                                f"({stored_models}); rebuild it (python -m service rebuild)")
-        for leftover in self.data_dir.glob("index-*.faiss*"):
-            if leftover.name != index_file:
-                leftover.unlink()
-        ids = np.zeros(0, np.int64)
-        vectors = np.zeros((0, self.dim), np.float32)
-        if index_file is not None:
-            path = self.data_dir / index_file
-            if not path.is_file():
-                raise GalleryError(f"{path}: the committed index file is missing")
-            index = faiss.read_index(str(path))
-            if index.d != self.dim:
-                raise GalleryError(f"{path}: vectors of dimension {index.d}, the models give {self.dim}")
-            ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-            vectors = index.index.reconstruct_n(0, index.ntotal) if index.ntotal else vectors
+        self._remove_orphans()
+        try:
+            ids, vectors = read_segments(self.data_dir, self.segments, self.dim)
+        except (OSError, ValueError) as exc:
+            raise GalleryError(str(exc)) from exc
         db_ids = np.asarray([r[0] for r in self._db.execute("SELECT id FROM boxes ORDER BY id")], np.int64)
-        if not np.array_equal(np.sort(ids), db_ids):
-            raise GalleryError(f"{self.data_dir}: index file {index_file} holds {len(ids)} vectors but the "
-                               f"metadata {len(db_ids)} boxes; the data directory was changed from outside")
+        missing = np.setdiff1d(db_ids, ids)
+        if len(missing) or len(np.unique(ids)) != len(ids):
+            raise GalleryError(f"{self.data_dir}: the segments lack {len(missing)} of the {len(db_ids)} boxes in "
+                               f"the metadata or repeat an id; the data directory was changed from outside")
         return self._snapshot(generation, ids, vectors)
+
+    def _remove_orphans(self) -> None:
+        """Delete vector files no committed segment names: a crashed change's, or ones a merge replaced."""
+        listed = {s.file for s in self.segments}
+        for pattern in ("segment-*.faiss*", "index-*.faiss*"):
+            for leftover in self.data_dir.glob(pattern):
+                if leftover.name not in listed:
+                    leftover.unlink(missing_ok=True)
 
     def _entries(self) -> dict[tuple[str, str], Entry]:
         return {(k, s): Entry(k, s, o, p, b, t) for k, s, o, p, b, t in self._db.execute(
             "SELECT kind, source_id, origin, pictures, boxes, added_at FROM entries")}
 
     def _snapshot(self, generation: int, ids: np.ndarray, vectors: np.ndarray) -> Snapshot:
-        """The committed gallery read back from SQLite, given the index file's ids and vectors (at start-up)."""
+        """The committed gallery read back from SQLite, given the segments' ids and vectors (at start-up)."""
         entries = self._entries()
         order = {int(i): n for n, i in enumerate(ids)}
         sides = {}
@@ -284,38 +287,47 @@ class GalleryStore:
                                            [i for s, i in zip(added, ids_of) if s.kind == kind])
                      for kind in KINDS}
             generation = old.generation + 1
-            index_file = self._write_index(generation, sides) if any(len(side) for side in sides.values()) else None
+            segments = self._next_segments(generation, sides, new_ids, base=[] if removed is None else None)
             try:
-                self._commit(removed, added, new_ids, generation, index_file, next_id)
+                self._commit(removed, added, new_ids, generation, segments, next_id)
             except BaseException:
-                if index_file is not None:
-                    (self.data_dir / index_file).unlink(missing_ok=True)
+                self._drop_unlisted(segments)
                 raise
+            self.segments = segments
             self.snapshot = Snapshot(generation, self.dim, self._entries(), sides)
             if self.on_change is not None:
                 self.on_change(self.snapshot)
-            for leftover in self.data_dir.glob("index-*.faiss"):
-                if leftover.name != index_file:
-                    leftover.unlink(missing_ok=True)
+            self._remove_orphans()
             return self.snapshot
 
-    def _write_index(self, generation: int, sides: dict[str, Side]) -> str:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        for side in sides.values():
-            index.add_with_ids(np.ascontiguousarray(side.index.vectors, np.float32),
-                               np.ascontiguousarray(side.box_ids, np.int64))
-        name = f"index-{generation:08d}.faiss"
-        tmp = self.data_dir / f"{name}.tmp"
-        faiss.write_index(index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        tmp.replace(self.data_dir / name)
-        _fsync_dir(self.data_dir)
-        return name
+    def _next_segments(self, generation: int, sides: dict[str, Side], new_ids: np.ndarray,
+                       base: list[Segment] | None) -> list[Segment]:
+        """Write this change's segment, if it needs one; the segment list to commit.
+
+        ``base`` is the list the change starts from (empty for ``replace_all``, whose old vectors all die).
+        """
+        base = self.segments if base is None else base
+        live_ids = np.concatenate([side.box_ids for side in sides.values()])
+        start = plan_tail(base, live_ids, new_ids)
+        written = None
+        if start is not None:
+            tail = [(side.box_ids >= start, side) for side in sides.values()]
+            ids = np.concatenate([side.box_ids[mask] for mask, side in tail])
+            written = Segment(f"segment-{generation:08d}.faiss", start, len(ids))
+            write_segment(self.data_dir / written.file, ids,
+                          np.concatenate([side.index.vectors[mask] for mask, side in tail]))
+        return next_segments(base, written, len(live_ids))
+
+    def _drop_unlisted(self, segments: list[Segment]) -> None:
+        """After a failed commit: delete the file this change wrote (the committed list does not name it)."""
+        committed = {s.file for s in self.segments}
+        for segment in segments:
+            if segment.file not in committed:
+                (self.data_dir / segment.file).unlink(missing_ok=True)
 
     def _commit(self, removed: set[tuple[str, str]] | None, added: list[SourceBoxes], ids: np.ndarray,
-                generation: int, index_file: str | None, next_id: int) -> None:
-        """The switch to the new generation: metadata and index pointer in one transaction."""
+                generation: int, segments: list[Segment], next_id: int) -> None:
+        """The switch to the new generation: metadata and segment list in one transaction."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -336,12 +348,10 @@ class GalleryStore:
                     for n, (name, frame, box, score, group) in enumerate(
                         zip(source.names, source.frames, source.boxes, source.scores, source.groups))])
                 position += len(source.boxes)
-            meta = {"generation": str(generation), "next_id": str(next_id), "models": self.models}
+            meta = {"generation": str(generation), "next_id": str(next_id), "models": self.models,
+                    "segments": json.dumps([s.to_json() for s in segments])}
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
-            if index_file is None:
-                db.execute("DELETE FROM meta WHERE key = 'index_file'")
-            else:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('index_file', ?)", (index_file,))
+            db.execute("DELETE FROM meta WHERE key = 'index_file'")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

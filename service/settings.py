@@ -66,7 +66,7 @@ class Settings(BaseSettings):
                                       frozen=True)
 
     data_dir: Path = Path("service_data")
-    """Persistent gallery: ``gallery.sqlite`` and the FAISS index files."""
+    """Persistent gallery: ``gallery.sqlite`` and the FAISS segment files."""
     roots: list[Path] = []
     """Folders that path-based requests may read from; every other path is refused (403)."""
     detector: ModelSpec = ModelSpec(config="seed_vovnet99")

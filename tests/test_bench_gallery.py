@@ -46,4 +46,5 @@ def test_service_match_benchmark_smoke(tmp_path: Path) -> None:
     # An entry sent back under its own id replaces itself and must find its partner again.
     assert rows["clip indexed"]["right"] == 1.0 and rows["item indexed"]["right"] == 1.0
     assert all(r["p50_ms"] > 0 and r["clip_boxes"] == 20 * 48 for r in rows.values())
-    assert rows["add clip"]["commit_ms"] > 0 and rows["add item"]["commit_ms"] > 0
+    for kind in ("add clip", "add item"):
+        assert rows[kind]["commit_max_ms"] >= rows[kind]["commit_p50_ms"] > 0

@@ -1,6 +1,7 @@
 """Service parts without models: gallery crash safety, micro-batching, path confinement, metrics text."""
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from service.batcher import MicroBatcher, Overloaded
 from service.errors import ApiError
 from service.gallery import GalleryStore, SourceBoxes
 from service.metrics import Metrics
+from service.segments import write_segment
 from service.paths import resolve_request_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +49,60 @@ def test_snapshot_built_in_memory_equals_the_one_read_back_from_disk(tmp_path: P
     assert list(built.sides["item"].table.source) == ["i2"] * 4 + ["i1"] * 3
 
 
+def _reopened_equal(store: GalleryStore, folder: Path) -> None:
+    reopened = GalleryStore(folder, DIM, MODELS)
+    assert reopened.segments == store.segments
+    for kind in ("item", "clip"):
+        np.testing.assert_array_equal(reopened.snapshot.sides[kind].box_ids, store.snapshot.sides[kind].box_ids)
+        np.testing.assert_allclose(reopened.snapshot.sides[kind].index.vectors,
+                                   store.snapshot.sides[kind].index.vectors, atol=1e-6)
+    reopened.close()
+
+
+def test_segments_merge_like_a_binary_counter_and_compact_when_mostly_dead(tmp_path: Path) -> None:
+    store = GalleryStore(tmp_path, DIM, MODELS)
+    written = 0
+    for n in range(1, 33):
+        store.put([_source("clip", f"c{n}", 1, n)])
+        written += sum(s.count for s in store.segments if s.file == f"segment-{store.snapshot.generation:08d}.faiss")
+        assert [s.count for s in store.segments] == [1 << b for b in reversed(range(6)) if n >> b & 1], n
+        assert [s.first_id for s in store.segments] == sorted(s.first_id for s in store.segments)
+    assert written <= 32 * 6  # each vector rewritten at most log2(32) + 1 times
+    _reopened_equal(store, tmp_path)
+    for n in range(1, 21):
+        store.delete("clip", f"c{n}")
+        live, stored = len(store.snapshot.sides["clip"]), sum(s.count for s in store.segments)
+        assert stored <= 2 * live, n
+    assert len(store.segments) < 3
+    assert {p.name for p in tmp_path.glob("*.faiss*")} == {s.file for s in store.segments}
+    _reopened_equal(store, tmp_path)
+    store.replace_all([_source("item", "i1", 3, 40)])
+    assert [(s.first_id, s.count) for s in store.segments] == [(32, 3)]
+    assert [p.name for p in tmp_path.glob("*.faiss*")] == [store.segments[0].file]
+    _reopened_equal(store, tmp_path)
+
+
+def test_a_gallery_written_as_one_index_file_opens_and_grows(tmp_path: Path) -> None:
+    store = GalleryStore(tmp_path, DIM, MODELS)
+    store.put([_source("item", "i1", 2, 1), _source("clip", "c1", 3, 2)])
+    ids = np.concatenate([store.snapshot.sides[k].box_ids for k in ("item", "clip")])
+    vectors = np.concatenate([store.snapshot.sides[k].index.vectors for k in ("item", "clip")])
+    expected = {k: store.snapshot.sides[k].box_ids for k in ("item", "clip")}
+    store.close()
+    for segment in tmp_path.glob("segment-*.faiss"):
+        segment.unlink()
+    write_segment(tmp_path / "index-00000001.faiss", ids, vectors)
+    with sqlite3.connect(tmp_path / "gallery.sqlite") as db:
+        db.execute("DELETE FROM meta WHERE key = 'segments'")
+        db.execute("INSERT INTO meta VALUES ('index_file', 'index-00000001.faiss')")
+    legacy = GalleryStore(tmp_path, DIM, MODELS)
+    assert [(s.file, s.count) for s in legacy.segments] == [("index-00000001.faiss", 5)]
+    for kind, box_ids in expected.items():
+        np.testing.assert_array_equal(legacy.snapshot.sides[kind].box_ids, box_ids)
+    legacy.put([_source("clip", "c2", 1, 3)])
+    _reopened_equal(legacy, tmp_path)
+
+
 CRASH = """
 import os, sys
 import numpy as np
@@ -68,15 +124,17 @@ def test_a_crash_between_index_write_and_commit_keeps_the_previous_gallery(tmp_p
     store.put([_source("item", "i2", 4, 3)])
     before = {k: v.boxes for k, v in store.snapshot.entries.items()}
     vectors = store.snapshot.sides["clip"].index.vectors.copy()
+    segments = sorted(segment.file for segment in store.segments)
     store.close()
     done = subprocess.run([sys.executable, "-c", CRASH.format(repo=str(REPO), folder=str(tmp_path))],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 9, done.stderr
-    assert len(list(tmp_path.glob("index-*.faiss"))) == 2  # the orphan of the crashed change is still there
+    files = sorted(p.name for p in tmp_path.glob("segment-*.faiss"))
+    assert len(files) == len(segments) + 1  # the orphan of the crashed change is still there
     reopened = GalleryStore(tmp_path, DIM, MODELS)
     assert {k: v.boxes for k, v in reopened.snapshot.entries.items()} == before
     np.testing.assert_array_equal(reopened.snapshot.sides["clip"].index.vectors, vectors)
-    assert len(list(tmp_path.glob("index-*.faiss"))) == 1
+    assert sorted(p.name for p in tmp_path.glob("segment-*.faiss")) == segments
     with pytest.raises(KeyError):
         reopened.delete("item", "i1")
 
