@@ -12,8 +12,8 @@ about ``--spread`` (0.8 by default, where the pipeline's same-item pairs lie)
 and the nearest neighbour is rarely a tie. Queries are fresh draws of
 random items, as shop-image boxes are of the clips' items. Per gallery size:
 
-* ``flat`` (FAISS ``IndexFlatIP``) is the exact reference; ``torch`` the
-  matmul + ``topk`` backend on the same CPU;
+* ``flat`` (FAISS's exact inner-product search over the host vectors) is
+  the exact reference; ``torch`` the matmul + ``topk`` backend on the same CPU;
 * ``ivf`` and ``ivfpq`` (``metric_sub.index.IndexConfig``; ``nlist``
   capped at a sixteenth of the gallery) at each ``--nprobe``, ``ivfpq``
   in PQ's own order (``rerank`` 1) and re-ranked exactly (the default).

@@ -12,7 +12,9 @@ All vectors are unit-norm, so the squared L2 distance is ``2 - 2 * cosine``
 (the seed's 1.12 cutoff is on this scale) and every backend ranks by inner
 product and converts. Backends:
 
-* ``faiss``: ``IndexFlatIP`` on CPU (exact);
+* ``faiss``: on CPU, FAISS's exact inner-product search (``faiss.knn``, the
+  code behind ``IndexFlatIP``) run straight over the host vectors, so the
+  gallery is held once, not twice;
 * ``faiss-gpu``: the same index moved to the GPU, used on CUDA when the
   installed faiss has GPU support;
 * ``torch``: one matmul and ``topk`` per query block, on CUDA when faiss has no
@@ -116,7 +118,7 @@ class GalleryIndex:
             raise ValueError("ids must be unique and not already in the gallery")
         self.vectors = np.concatenate([self.vectors, vectors])
         self.ids = np.concatenate([self.ids, ids])
-        if self.backend.startswith("faiss") and len(vectors):
+        if self.backend.startswith("faiss") and not self._searches_host and len(vectors):
             if self._faiss is None:
                 self._faiss = self._build_faiss(vectors)
             self._faiss.add_with_ids(vectors, ids)
@@ -144,6 +146,9 @@ class GalleryIndex:
         k = min(k, len(self.ids))
         if self.backend == "torch":
             scores, ids = self._search_torch(queries, k)
+        elif self._searches_host:
+            scores, rows = faiss.knn(queries, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+            ids = self.ids[rows]
         elif self.config.kind == "flat":
             scores, ids = self._faiss.search(queries, k)
         else:
@@ -177,6 +182,11 @@ class GalleryIndex:
         index = cls(meta["dim"], config or IndexConfig(**meta["config"]), device)
         index.add(np.load(folder / "vectors.npy"), np.load(folder / "ids.npy"))
         return index
+
+    @property
+    def _searches_host(self) -> bool:
+        """Exact search on CPU reads the host vectors directly: an ``IndexFlatIP`` would hold a second copy."""
+        return self.backend == "faiss" and self.config.kind == "flat"
 
     def _build_faiss(self, first: np.ndarray):
         cfg = self.config
