@@ -34,9 +34,10 @@ speed)
     ;;
 accuracy)
     work=${3:?usage: bench/gpu_suite.sh accuracy OUT_DIR WORK}
-    items=${ITEMS:-40}
+    items=${ITEMS:-40}               # held-out test split
+    train_items=${TRAIN_ITEMS:-120}  # train split: item diversity is what the embedders gain most from
     step 120 data python3 -c "from pathlib import Path; from bench.common import synthetic_splits; \
-synthetic_splits(Path('$work/data'), $items, $items, 0)"
+synthetic_splits(Path('$work/data'), $train_items, $items, 0)"
     echo "=== detector and embedders training side by side ($(date +%T))" | tee -a "$log"
     timeout 330 python3 -m bench.detect_accuracy --config lite2 --train "$work/data/train" --val "$work/data/test" \
         --work "$work/det" --set train.iteration_scale="${DET_SCALE:-0.008}" --set train.workers=6 \
@@ -44,7 +45,8 @@ synthetic_splits(Path('$work/data'), $items, $items, 0)"
         --out "$out/detect_accuracy_cuda.json" >"$out/detector.log" 2>&1 &
     detector=$!
     timeout 330 python3 -m bench.embed_accuracy --synthetic --train-configs lite0,lite1,lite2 --items "$items" \
-        --work "$work" --set train.workers=6 --out "$out/embed_accuracy_cuda.json" >"$out/embedders.log" 2>&1
+        --train-items "$train_items" --work "$work" --set train.workers=6 --out "$out/embed_accuracy_cuda.json" \
+        >"$out/embedders.log" 2>&1
     echo "=== embedders: exit $? ($(date +%T))" | tee -a "$log"
     wait $detector
     echo "=== detector: exit $? ($(date +%T))" | tee -a "$log"
