@@ -12,7 +12,7 @@ import pytest
 
 from service.batcher import MicroBatcher, Overloaded
 from service.errors import ApiError
-from service.gallery import GalleryStore, SourceBoxes
+from service.gallery import GalleryError, GalleryStore, SourceBoxes
 from service.metrics import Metrics
 from service.segments import write_segment
 from service.paths import resolve_request_path
@@ -101,6 +101,17 @@ def test_a_gallery_written_as_one_index_file_opens_and_grows(tmp_path: Path) -> 
         np.testing.assert_array_equal(legacy.snapshot.sides[kind].box_ids, box_ids)
     legacy.put([_source("clip", "c2", 1, 3)])
     _reopened_equal(legacy, tmp_path)
+
+
+def test_a_missing_segment_file_is_named_at_start_up(tmp_path: Path) -> None:
+    store = GalleryStore(tmp_path, DIM, MODELS)
+    store.put([_source("item", "i1", 2, 1)])
+    store.put([_source("clip", "c1", 1, 2)])
+    lost = store.segments[-1].file
+    store.close()
+    (tmp_path / lost).unlink()
+    with pytest.raises(GalleryError, match=f"{lost}: a committed gallery segment is missing"):
+        GalleryStore(tmp_path, DIM, MODELS)
 
 
 CRASH = """
