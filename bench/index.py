@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from bench.common import Timer, format_value, print_table, write_result
-from metric_sub.index import GalleryIndex, IndexConfig
+from metric_sub.index import GalleryIndex, IndexConfig, unit_rows
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "index.json"
 COLUMNS = ["size", "dim", "index", "nprobe", "rerank", "build_s", "memory_mib", "queries_per_s", "latency_ms",
@@ -57,7 +57,7 @@ def clustered(count: int, dim: int, items: int, spread: float, rng: np.random.Ge
     each other, so ``spread`` fixes ``sigma``.
     """
     if centres is None:
-        tops = _unit(rng.standard_normal((categories, dim), dtype=np.float32))
+        tops = unit_rows(rng.standard_normal((categories, dim), dtype=np.float32))
         centres = noisy(tops[rng.integers(0, categories, items)], 0.6, rng)
     vectors = np.empty((count, dim), np.float32)
     for start in range(0, count, 65536):  # in blocks: the noise of a million rows at once doubles peak memory
@@ -69,11 +69,7 @@ def clustered(count: int, dim: int, items: int, spread: float, rng: np.random.Ge
 def noisy(centres: np.ndarray, spread: float, rng: np.random.Generator) -> np.ndarray:
     """Unit vectors around ``centres``: two draws of one centre lie at squared distance ``spread``."""
     sigma = np.float32(np.sqrt(spread / (2 - spread) / centres.shape[1]))
-    return _unit(centres + sigma * rng.standard_normal(centres.shape, dtype=np.float32))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit_rows(centres + sigma * rng.standard_normal(centres.shape, dtype=np.float32))
 
 
 def resident_mib() -> float:

@@ -105,9 +105,15 @@ class GalleryIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
-        """Add rows (unit-normalised here); returns their ids. Given ids must be new."""
-        vectors = _unit(np.asarray(vectors, np.float32).reshape(-1, self.dim))
+    def add(self, vectors: np.ndarray, ids: np.ndarray | None = None, unit: bool = False) -> np.ndarray:
+        """Add rows (unit-normalised here); returns their ids. Given ids must be new.
+
+        ``unit``: the rows are unit-norm float32 already and the index may keep
+        the array itself. Rebuilding a gallery of hundreds of thousands of
+        vectors then costs no normalising pass and no copy.
+        """
+        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        vectors = np.ascontiguousarray(vectors) if unit else unit_rows(vectors)
         if ids is None:
             start = int(self.ids.max()) + 1 if len(self.ids) else 0
             ids = np.arange(start, start + len(vectors), dtype=np.int64)
@@ -116,7 +122,7 @@ class GalleryIndex:
             raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
         if len(np.unique(ids)) != len(ids) or np.isin(ids, self.ids).any():
             raise ValueError("ids must be unique and not already in the gallery")
-        self.vectors = np.concatenate([self.vectors, vectors])
+        self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors
         self.ids = np.concatenate([self.ids, ids])
         if self.backend.startswith("faiss") and not self._searches_host and len(vectors):
             if self._faiss is None:
@@ -138,7 +144,7 @@ class GalleryIndex:
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, ids)``, each ``(Q, k)``: squared L2 ascending; ``inf``/-1 where the gallery is short."""
-        queries = _unit(np.asarray(queries, np.float32).reshape(-1, self.dim))
+        queries = unit_rows(np.asarray(queries, np.float32).reshape(-1, self.dim))
         distances = np.full((len(queries), k), np.inf, np.float32)
         found = np.full((len(queries), k), -1, np.int64)
         if not len(queries) or not len(self.ids) or k < 1:
@@ -235,5 +241,6 @@ class GalleryIndex:
         return np.concatenate(all_scores), self.ids[rows]
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as a new C-contiguous array."""
     return np.ascontiguousarray(vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12))

@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from metric_sub.index import GalleryIndex, IndexConfig
+from metric_sub.index import GalleryIndex, IndexConfig, unit_rows
 from metric_sub.vote import BoxTable
 from service.segments import Segment, next_segments, plan_tail, read_segments, write_segment
 
@@ -231,7 +231,8 @@ class GalleryStore:
             box_ids = np.asarray([r[0] for r in rows], np.int64)
             index = GalleryIndex(self.dim, IndexConfig(), self.device)
             if len(rows):
-                index.add(vectors[[order[int(i)] for i in box_ids]], np.arange(len(rows), dtype=np.int64))
+                index.add(vectors[[order[int(i)] for i in box_ids]], np.arange(len(rows), dtype=np.int64),
+                          unit=True)  # stored from an index: unit-norm already
             # The index's ids are table rows, so its unit vectors serve the table too (no second copy).
             table = _table((r[1] for r in rows), (r[8] for r in rows), (r[3] for r in rows),
                            (r[4:8] for r in rows), (r[2] for r in rows), index.vectors)
@@ -245,11 +246,13 @@ class GalleryStore:
         built from the previous snapshot in memory: reading every box back
         from SQLite cost most of a change's time on large galleries.
         """
-        joined = BoxTable.join([side.table.take(keep), *(s.table() for s in added)])
+        kept = side.table if keep.all() else side.table.take(keep)  # tables are immutable: share when whole
+        fresh = [dataclasses.replace(t, vectors=unit_rows(t.vectors)) for t in (s.table() for s in added)]
+        joined = BoxTable.join([kept, *fresh])
         box_ids = np.concatenate([side.box_ids[keep], *ids])
         index = GalleryIndex(self.dim, IndexConfig(), self.device)
-        if len(box_ids):
-            index.add(joined.vectors, np.arange(len(box_ids), dtype=np.int64))
+        if len(box_ids):  # every row unit-norm now, and ``joined`` a fresh array the index may keep
+            index.add(joined.vectors, np.arange(len(box_ids), dtype=np.int64), unit=True)
         # The index's ids are table rows, so its unit vectors serve the table too (no second copy).
         return Side(dataclasses.replace(joined, vectors=index.vectors), index, box_ids)
 
