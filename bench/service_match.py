@@ -23,8 +23,9 @@ scratch (a fresh service, once). Two more rows time gallery changes
 (``--changes`` each): ``add clip`` / ``add item`` commit one new entry
 (``commit_p50_ms`` / ``commit_max_ms``: its segment file written and synced,
 merged with the small trailing segments when due, the metadata committed, the
-snapshot rebuilt in memory) and derive the new generation's votes from the last (``p50_ms``), which the
-service does in the background after every change. ``right`` is the share
+snapshot rebuilt in memory) and derive the new generation's votes from the
+last (``p50_ms``), which the service does in the background after every
+change. ``right`` is the share
 of queries matched to the item or clip they were drawn from. A new query
 shows a garment that an indexed entry shows too, so the one-to-one
 assignment gives the partner to one of the two and ``right`` stays well

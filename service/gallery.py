@@ -290,11 +290,13 @@ class GalleryStore:
                                            [i for s, i in zip(added, ids_of) if s.kind == kind])
                      for kind in KINDS}
             generation = old.generation + 1
-            segments = self._next_segments(generation, sides, new_ids, base=[] if removed is None else None)
+            # replace_all starts from no segments: every old vector dies
+            segments = self._next_segments(generation, sides, new_ids, [] if removed is None else self.segments)
             try:
                 self._commit(removed, added, new_ids, generation, segments, next_id)
             except BaseException:
-                self._drop_unlisted(segments)
+                for written in set(segments) - set(self.segments):  # only this change's file: a fresh
+                    (self.data_dir / written.file).unlink(missing_ok=True)  # store's list omits committed ones
                 raise
             self.segments = segments
             self.snapshot = Snapshot(generation, self.dim, self._entries(), sides)
@@ -304,12 +306,8 @@ class GalleryStore:
             return self.snapshot
 
     def _next_segments(self, generation: int, sides: dict[str, Side], new_ids: np.ndarray,
-                       base: list[Segment] | None) -> list[Segment]:
-        """Write this change's segment, if it needs one; the segment list to commit.
-
-        ``base`` is the list the change starts from (empty for ``replace_all``, whose old vectors all die).
-        """
-        base = self.segments if base is None else base
+                       base: list[Segment]) -> list[Segment]:
+        """Write this change's segment, if it needs one; the segment list to commit, starting from ``base``."""
         live_ids = np.concatenate([side.box_ids for side in sides.values()])
         start = plan_tail(base, live_ids, new_ids)
         written = None
@@ -320,13 +318,6 @@ class GalleryStore:
             write_segment(self.data_dir / written.file, ids,
                           np.concatenate([side.index.vectors[mask] for mask, side in tail]))
         return next_segments(base, written, len(live_ids))
-
-    def _drop_unlisted(self, segments: list[Segment]) -> None:
-        """After a failed commit: delete the file this change wrote (the committed list does not name it)."""
-        committed = {s.file for s in self.segments}
-        for segment in segments:
-            if segment.file not in committed:
-                (self.data_dir / segment.file).unlink(missing_ok=True)
 
     def _commit(self, removed: set[tuple[str, str]] | None, added: list[SourceBoxes], ids: np.ndarray,
                 generation: int, segments: list[Segment], next_id: int) -> None:

@@ -114,6 +114,23 @@ def test_a_missing_segment_file_is_named_at_start_up(tmp_path: Path) -> None:
         GalleryStore(tmp_path, DIM, MODELS)
 
 
+def test_a_failed_commit_removes_only_its_own_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = GalleryStore(tmp_path, DIM, MODELS)
+    store.put([_source("item", "i1", 2, 1)])
+    committed = {p.name for p in tmp_path.glob("segment-*.faiss")}
+    store.close()
+    fresh = GalleryStore(tmp_path, DIM, MODELS, fresh=True)
+
+    def fail(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(fresh, "_commit", fail)
+    with pytest.raises(sqlite3.OperationalError):
+        fresh.replace_all([_source("clip", "c1", 3, 2)])
+    assert {p.name for p in tmp_path.glob("segment-*.faiss*")} == committed
+    assert list(GalleryStore(tmp_path, DIM, MODELS).snapshot.entries) == [("item", "i1")]
+
+
 CRASH = """
 import os, sys
 import numpy as np
