@@ -1,7 +1,7 @@
 """End-to-end throughput and score of the pipeline: clips/s, time per stage, contest score, per configuration.
 
 ``python -m bench.e2e [--setups tiny light seed] [--data ROOT | --items 10] [--device auto]
-[--weights SETUP DETECTOR EMBEDDER[,EMBEDDER...]]``
+[--weights SETUP DETECTOR EMBEDDER[,EMBEDDER...]] [--keep DIR]``
 
 Setups: ``tiny`` (tiny detector + tiny embedder), ``demo`` (tiny detector +
 Lite0, what ``metric_sub.demo`` trains), ``light`` (Lite2 detector +
@@ -10,7 +10,9 @@ EfficientNets). A setup without ``--weights`` runs with untrained detector
 weights (and ImageNet weights for the Lite embedders): its timing is real,
 its score is not, and the table says ``trained: no``. Each run starts from an
 empty output folder, so every stage is timed cold. Results go to
-``bench/results/e2e.json``.
+``bench/results/e2e.json``; ``--keep DIR`` leaves each setup's stage outputs
+in ``DIR/run_SETUP`` (and a generated test root in ``DIR/data``), so that
+``bench.match_rules`` can score other voting rules on the same run.
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--embedder-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every embedder config (e.g. data.bucket_scale=0.5)")
+    parser.add_argument("--keep", type=Path, help="keep the stage outputs here instead of a temporary folder")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
                for setup, det, embs in args.weights}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         data = args.data
         if data is None:
             data = work / "data"
