@@ -5,9 +5,9 @@
 ``OUT`` is a pipeline output folder for ``VAL_ROOT`` (its ``embed/`` stage
 is reused). The gallery is searched once per direction; every grid point
 only re-votes and re-scores, so a grid of hundreds of points takes seconds.
-The written YAML is the base match config with the best ``quantile``,
-``vote_share``, ``cutoff`` and ``assignment`` (ties go to the point nearest
-the base config's values, so a flat optimum keeps them).
+The written YAML is the base match config with the best ``direction``,
+``quantile``, ``vote_share``, ``cutoff`` and ``assignment`` (ties go to the
+point nearest the base config's values, so a flat optimum keeps them).
 """
 from __future__ import annotations
 
@@ -33,10 +33,12 @@ QUANTILES = (0.1, 0.2, 0.28, 0.35, 0.5, 0.65, 0.8, 1.0)
 SHARES = (0.0, 0.3, 0.5, 0.7)
 CUTOFFS = (0.6, 0.8, 0.9, 1.0, 1.12, 1.3, 1.6, 4.0)
 ASSIGNMENTS = ("greedy", "hungarian")
+DIRECTIONS = ("shop_to_clip", "clip_to_shop")
 
 
 @dataclass(frozen=True)
 class GridPoint:
+    direction: str
     quantile: float
     vote_share: float
     cutoff: float
@@ -48,27 +50,30 @@ class GridPoint:
 def grid_search(embeddings: np.ndarray, rows: Sequence[dict], data: Dataset, base: MatchConfig,
                 quantiles: Sequence[float] = QUANTILES, shares: Sequence[float] = SHARES,
                 cutoffs: Sequence[float] = CUTOFFS,
-                assignments: Sequence[str] = ASSIGNMENTS) -> list[GridPoint]:
+                assignments: Sequence[str] = ASSIGNMENTS,
+                directions: Sequence[str] = DIRECTIONS) -> list[GridPoint]:
     """Every grid point's contest score on ``data``, best first."""
-    retrieved = retrieve(embeddings, rows, base.vote.direction, base.index, "cpu")
     points = []
-    for q, share, cutoff, assignment in itertools.product(quantiles, shares, cutoffs, assignments):
-        rules = base.vote.model_copy(update={"quantile": q, "vote_share": share, "cutoff": cutoff,
-                                             "assignment": assignment})
-        matched = decide(retrieved, rules, data.videos)
-        report = score(validate_result(matched.result, "calibration"), data)
-        points.append(GridPoint(q, share, cutoff, assignment, report.final, len(matched.result)))
+    for direction in directions:
+        retrieved = retrieve(embeddings, rows, direction, base.index, "cpu")
+        for q, share, cutoff, assignment in itertools.product(quantiles, shares, cutoffs, assignments):
+            rules = base.vote.model_copy(update={"quantile": q, "vote_share": share, "cutoff": cutoff,
+                                                 "assignment": assignment})
+            matched = decide(retrieved, rules, data.videos)
+            report = score(validate_result(matched.result, "calibration"), data)
+            points.append(GridPoint(direction, q, share, cutoff, assignment, report.final, len(matched.result)))
 
-    def closeness(p: GridPoint) -> tuple[float, bool]:
+    def closeness(p: GridPoint) -> tuple[bool, float, bool]:
         vote = base.vote
-        return (abs(p.quantile - vote.quantile) + abs(p.vote_share - vote.vote_share) + abs(p.cutoff - vote.cutoff),
+        return (p.direction != vote.direction,
+                abs(p.quantile - vote.quantile) + abs(p.vote_share - vote.vote_share) + abs(p.cutoff - vote.cutoff),
                 p.assignment != vote.assignment)
 
     return sorted(points, key=lambda p: (-p.final, closeness(p)))
 
 
 def write_config(base: MatchConfig, best: GridPoint, path: Path, note: str) -> Path:
-    vote = base.vote.model_copy(update={"quantile": best.quantile, "vote_share": best.vote_share,
+    vote = base.vote.model_copy(update={"direction": best.direction, "quantile": best.quantile, "vote_share": best.vote_share,
                                         "cutoff": best.cutoff, "assignment": best.assignment})
     config = MatchConfig(vote=vote, index=base.index)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,13 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     points = grid_search(embeddings, meta["rows"], data, base)
-    seed_numbers = (SEED_RULES.quantile, SEED_RULES.vote_share, SEED_RULES.cutoff, SEED_RULES.assignment)
-    seed = next(p for p in points if (p.quantile, p.vote_share, p.cutoff, p.assignment) == seed_numbers)
+    seed_numbers = (SEED_RULES.direction, SEED_RULES.quantile, SEED_RULES.vote_share, SEED_RULES.cutoff,
+                    SEED_RULES.assignment)
+    seed = next(p for p in points if (p.direction, p.quantile, p.vote_share, p.cutoff, p.assignment) == seed_numbers)
     best = points[0]
-    print(f"{'quantile':>8} {'share':>6} {'cutoff':>6} {'assignment':>10} {'score':>7} {'matched':>7}")
+    print(f"{'direction':>12} {'quantile':>8} {'share':>6} {'cutoff':>6} {'assignment':>10} {'score':>7} "
+          f"{'matched':>7}")
     for p in points[:10]:
-        print(f"{p.quantile:8.2f} {p.vote_share:6.2f} {p.cutoff:6.2f} {p.assignment:>10} {p.final:7.4f} "
-              f"{p.matched:7d}")
+        print(f"{p.direction:>12} {p.quantile:8.2f} {p.vote_share:6.2f} {p.cutoff:6.2f} {p.assignment:>10} "
+              f"{p.final:7.4f} {p.matched:7d}")
     print(f"seed numbers {seed_numbers}: {seed.final:.4f}; best: {best.final:.4f}")
     note = (f"calibrated on {', '.join(map(str, args.data))}: score {best.final:.4f} "
             f"(seed numbers {seed.final:.4f}), {len(points)} grid points")

@@ -185,6 +185,26 @@ def test_calibrate_writes_a_config_at_least_as_good_as_the_seed(detector_run: Pi
     assert rerun.score["final"] >= detector_run.score["final"]
 
 
+def test_calibrate_scores_each_direction_as_the_pipeline_would(detector_run: PipelineResult,
+                                                               pipeline_inputs: Inputs, tmp_path: Path) -> None:
+    from metric_sub.calibrate import DIRECTIONS, grid_search
+    from metric_sub.embed import load_embeddings
+    from metric_sub.match import load_match_config
+
+    base = load_match_config()
+    embeddings, meta = load_embeddings(detector_run.out_dir / "embed")
+    vote = base.vote
+    points = grid_search(embeddings, meta["rows"], load_dataset(pipeline_inputs.test), base, (vote.quantile,),
+                         (vote.vote_share,), (vote.cutoff,), (vote.assignment,))
+    assert sorted(p.direction for p in points) == sorted(DIRECTIONS)
+    reverse = next(p for p in points if p.direction == "clip_to_shop")
+    workdir = shutil.copytree(detector_run.out_dir, tmp_path / "run")
+    rerun = run_pipeline(pipeline_inputs.test, workdir, pipeline_inputs.detector, [pipeline_inputs.embedder],
+                         load_match_config(None, ["vote.direction=clip_to_shop"]), device="cpu", progress=False,
+                         report=False)
+    assert (reverse.final, reverse.matched) == (rerun.score["final"], len(rerun.result))
+
+
 def test_match_rules_bench_reproduces_the_pipeline_with_the_bundled_rules(detector_run: PipelineResult,
                                                                            pipeline_inputs: Inputs,
                                                                            tmp_path: Path) -> None:
