@@ -1,6 +1,6 @@
 """The voting rules side by side: the seed's, each deviation from it, and the bundled config, on cached runs.
 
-``python -m bench.match_rules --run NAME OUT_DIR DATA_ROOT [--run NAME OUT_DIR DATA_ROOT ...] [--out JSON]``
+``python -m bench.match_rules --run NAME OUT_DIR DATA_ROOT [--run ...] [--config NAME YAML ...] [--out JSON]``
 
 Each ``OUT_DIR`` is a pipeline output folder for the annotated ``DATA_ROOT``
 (its ``embed/`` stage is reused, so the table costs seconds). The gallery
@@ -13,7 +13,9 @@ one change to the row above it:
 * ``+nearest boxes``: report the two sources' closest boxes;
 * ``+hungarian``: one global one-to-one assignment;
 * ``clip_to_shop``: the last row in the reverse direction;
-* ``bundled``: ``metric_sub/config/match.yaml`` as it is.
+* ``bundled``: ``metric_sub/config/match.yaml`` as it is;
+* one row per ``--config NAME YAML``, e.g. what ``metric_sub.calibrate`` wrote
+  for a validation root, scored here on held-out runs.
 """
 from __future__ import annotations
 
@@ -49,12 +51,12 @@ def cumulative_variants() -> dict[str, VoteRules]:
 VARIANTS = cumulative_variants()
 
 
-def compare(name: str, run: Path, root: Path) -> list[dict]:
-    """One row per variant (and the bundled config) on one cached run."""
+def compare(name: str, run: Path, root: Path, configs: dict[str, VoteRules] | None = None) -> list[dict]:
+    """One row per variant, the bundled config and each of ``configs`` on one cached run."""
     data = load_dataset(root)
     embeddings, meta = load_embeddings(run / "embed")
     bundled = load_match_config()
-    variants = {**VARIANTS, "bundled": bundled.vote}
+    variants = {**VARIANTS, "bundled": bundled.vote, **(configs or {})}
     retrieved = {}
     rows = []
     for variant, rules in variants.items():
@@ -74,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", nargs=3, action="append", required=True, metavar=("NAME", "OUT_DIR", "ROOT"),
                         help="a name for the table, a pipeline output folder and the annotated root it ran on")
+    parser.add_argument("--config", nargs=2, action="append", default=[], metavar=("NAME", "YAML"),
+                        help="a match config to score as one more row (its vote section)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--note", default="", help="what the runs are (models, data), kept in the JSON")
     args = parser.parse_args(argv)
-    rows = [row for name, run, root in args.run for row in compare(name, Path(run), Path(root))]
+    configs = {name: load_match_config(Path(path)).vote for name, path in args.config}
+    rows = [row for name, run, root in args.run for row in compare(name, Path(run), Path(root), configs)]
     print_table(rows, ["run", "rules", "clips", "matched", "score", "f1_item", "f1_frame", "f1_box"])
-    write_result(args.out, "match_rules", rows, {"runs": args.run, "note": args.note})
+    write_result(args.out, "match_rules", rows, {"runs": args.run, "configs": args.config, "note": args.note})
 
 
 if __name__ == "__main__":

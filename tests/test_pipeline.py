@@ -212,8 +212,12 @@ def test_match_rules_bench_reproduces_the_pipeline_with_the_bundled_rules(detect
     from bench.match_rules import main as match_rules
 
     out = tmp_path / "rules.json"
-    match_rules(["--run", "tiny", str(detector_run.out_dir), str(pipeline_inputs.test), "--out", str(out)])
+    bundled_yaml = REPO / "metric_sub" / "config" / "match.yaml"
+    match_rules(["--run", "tiny", str(detector_run.out_dir), str(pipeline_inputs.test), "--out", str(out),
+                 "--config", "same file", str(bundled_yaml)])
     rows = {row["rules"]: row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {*VARIANTS, "bundled"}
+    assert set(rows) == {*VARIANTS, "bundled", "same file"}
+    assert (rows["same file"]["score"], rows["same file"]["matched"]) == (rows["bundled"]["score"],
+                                                                          rows["bundled"]["matched"])
     assert rows["bundled"]["score"] == detector_run.score["final"]
     assert rows["bundled"]["matched"] == len(detector_run.result)
