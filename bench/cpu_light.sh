@@ -28,10 +28,15 @@ step() {  # step NAME RESULT_FILE COMMAND...
     "$@" >>"$log" 2>&1
 }
 
-models=(--weights light "$work/det/run/model_final.pth"
-        "$work/runs/lite0/best.pt,$work/runs/lite1/best.pt,$work/runs/lite2/best.pt")
 # Inference sizes scaled down with the training sizes, for the detector's scoring and the pipeline alike.
 sizes=(infer.image_short_side=384 infer.image_max_size=704 infer.video_short_side=352 infer.video_max_size=704)
+
+light_pipeline() {  # light_pipeline ROOT KEEP_DIR RESULT_JSON: the trained light setup end to end, outputs kept
+    "$python" -m bench.e2e --setups light --data "$1" --keep "$2" \
+        --weights light "$work/det/run/model_final.pth" \
+        "$work/runs/lite0/best.pt,$work/runs/lite1/best.pt,$work/runs/lite2/best.pt" \
+        "${sizes[@]/#/--detector-set=}" --embedder-set data.bucket_scale=0.5 --out "$3"
+}
 
 step data "$work/data/val/synth_manifest.json" "$python" -c "from pathlib import Path
 from bench.common import synthetic_splits
@@ -46,12 +51,9 @@ step detector "$out/detect_accuracy_lite2_400_cpu.json" "$python" -m bench.detec
 step embedders "$out/embed_accuracy_light_cpu.json" "$python" -m bench.embed_accuracy --synthetic \
     --train-configs lite0,lite1,lite2 --items 40 --train-items 120 --set data.bucket_scale=0.5 --seed 0 \
     --work "$work" --out "$out/embed_accuracy_light_cpu.json"
-step e2e "$out/e2e_light_cpu.json" "$python" -m bench.e2e --setups light --data "$work/data/test" \
-    --keep "$work/e2e" "${models[@]}" "${sizes[@]/#/--detector-set=}" --embedder-set data.bucket_scale=0.5 \
-    --out "$out/e2e_light_cpu.json"
-step validation "$work/e2e_val/run_light/result.json" "$python" -m bench.e2e --setups light --data "$work/data/val" \
-    --keep "$work/e2e_val" "${models[@]}" "${sizes[@]/#/--detector-set=}" --embedder-set data.bucket_scale=0.5 \
-    --out "$out/e2e_light_val_cpu.json"
+step e2e "$out/e2e_light_cpu.json" light_pipeline "$work/data/test" "$work/e2e" "$out/e2e_light_cpu.json"
+step validation "$work/e2e_val/run_light/result.json" \
+    light_pipeline "$work/data/val" "$work/e2e_val" "$out/e2e_light_val_cpu.json"
 step calibrate "$out/match_calibrated_lite_cpu.yaml" "$python" -m metric_sub.calibrate \
     --workdir "$work/e2e_val/run_light" --data "$work/data/val" --out "$out/match_calibrated_lite_cpu.yaml"
 step rules "$out/match_rules_light_cpu.json" "$python" -m bench.match_rules \

@@ -34,6 +34,8 @@ SHARES = (0.0, 0.3, 0.5, 0.7)
 CUTOFFS = (0.6, 0.8, 0.9, 1.0, 1.12, 1.3, 1.6, 4.0)
 ASSIGNMENTS = ("greedy", "hungarian")
 DIRECTIONS = ("shop_to_clip", "clip_to_shop")
+TUNED = ("direction", "quantile", "vote_share", "cutoff", "assignment")
+"""The vote settings a grid point chooses; every other setting comes from the base config."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class GridPoint:
     final: float
     matched: int
 
+    def settings(self) -> dict[str, str | float]:
+        """The point's values of ``TUNED``, as an update of the base config's vote section."""
+        return {name: getattr(self, name) for name in TUNED}
+
 
 def grid_search(embeddings: np.ndarray, rows: Sequence[dict], data: Dataset, base: MatchConfig,
                 quantiles: Sequence[float] = QUANTILES, shares: Sequence[float] = SHARES,
@@ -57,8 +63,8 @@ def grid_search(embeddings: np.ndarray, rows: Sequence[dict], data: Dataset, bas
     for direction in directions:
         retrieved = retrieve(embeddings, rows, direction, base.index, "cpu")
         for q, share, cutoff, assignment in itertools.product(quantiles, shares, cutoffs, assignments):
-            rules = base.vote.model_copy(update={"quantile": q, "vote_share": share, "cutoff": cutoff,
-                                                 "assignment": assignment})
+            rules = base.vote.model_copy(update={"direction": direction, "quantile": q, "vote_share": share,
+                                                 "cutoff": cutoff, "assignment": assignment})
             matched = decide(retrieved, rules, data.videos)
             report = score(validate_result(matched.result, "calibration"), data)
             points.append(GridPoint(direction, q, share, cutoff, assignment, report.final, len(matched.result)))
@@ -73,8 +79,7 @@ def grid_search(embeddings: np.ndarray, rows: Sequence[dict], data: Dataset, bas
 
 
 def write_config(base: MatchConfig, best: GridPoint, path: Path, note: str) -> Path:
-    vote = base.vote.model_copy(update={"direction": best.direction, "quantile": best.quantile, "vote_share": best.vote_share,
-                                        "cutoff": best.cutoff, "assignment": best.assignment})
+    vote = base.vote.model_copy(update=best.settings())
     config = MatchConfig(vote=vote, index=base.index)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {note}\n" + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -99,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     points = grid_search(embeddings, meta["rows"], data, base)
-    seed_numbers = (SEED_RULES.direction, SEED_RULES.quantile, SEED_RULES.vote_share, SEED_RULES.cutoff,
-                    SEED_RULES.assignment)
-    seed = next(p for p in points if (p.direction, p.quantile, p.vote_share, p.cutoff, p.assignment) == seed_numbers)
+    seed_settings = {name: getattr(SEED_RULES, name) for name in TUNED}
+    seed = next(p for p in points if p.settings() == seed_settings)
+    seed_numbers = tuple(seed_settings.values())
     best = points[0]
     print(f"{'direction':>12} {'quantile':>8} {'share':>6} {'cutoff':>6} {'assignment':>10} {'score':>7} "
           f"{'matched':>7}")
