@@ -11,7 +11,7 @@ from bbox_sub.config import Precision
 from bbox_sub.model import Detector
 from bbox_sub.resize import resize, to_chw
 from dataset.fuse import example_images, fold_batch_norms
-from dataset.runtime import autocast
+from dataset.runtime import autocast, channels_last_pays
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,8 @@ class Detections:
 
 
 class BatchDetector:
-    """A detector in eval mode on a device, with mixed precision and channels_last where CUDA is used.
+    """A detector in eval mode on a device, with mixed precision and channels_last where they pay
+    (``dataset.runtime.autocast_dtype``: CUDA, and CPUs with bf16 instructions).
 
     ``fold_norms`` folds the backbone's batch norms into its convolutions, in
     place (see ``dataset.fuse``): pass ``False`` for a model that goes on training.
@@ -33,7 +34,7 @@ class BatchDetector:
                  channels_last: bool = True, compile_backbone: bool = False, fold_norms: bool = True) -> None:
         self.device = device
         self.precision = precision
-        self.channels_last = channels_last and device.type == "cuda"
+        self.channels_last = channels_last and channels_last_pays(device, precision)
         model = model.to(device).eval()
         if fold_norms:
             fold_batch_norms(model.backbone.body, example_images(device))

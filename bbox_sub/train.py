@@ -74,6 +74,8 @@ class Trainer:
         self.cfg, self.out, self.device = cfg, out, device
         self.train_samples, self.val_samples = train, val
         self.channels_last = cfg.train.channels_last and device.type == "cuda"
+        self.precision = cfg.train.precision if device.type == "cuda" else "fp32"
+        """Mixed precision trains on CUDA only: bf16 steps on a CPU are untried, so CPU runs stay as measured."""
         seed_everything(cfg.train.seed)
         self.model: Detector = build_detector(cfg.model).to(device)
         if self.channels_last:
@@ -100,7 +102,7 @@ class Trainer:
             return None
         infer = self.cfg.infer
         self.model.eval()
-        detector = BatchDetector(self.model, self.device, self.cfg.train.precision, self.channels_last,
+        detector = BatchDetector(self.model, self.device, self.precision, self.channels_last,
                                  fold_norms=False)
         metrics = evaluate(detector, self.val_samples, (infer.image_short_side, infer.image_max_size),
                            (infer.video_short_side, infer.video_max_size))
@@ -133,8 +135,7 @@ class Trainer:
         tc = self.cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=stage.base_lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-        use_scaler = tc.precision == "fp16" and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         start = 0
         if resume is not None:
             start = resume["step"]
@@ -187,7 +188,7 @@ class Trainer:
         images = self.model.preprocess([b["image"].to(device, non_blocking=True) for b in batch],
                                        self.channels_last)
         targets = [{"boxes": b["boxes"].to(device), "labels": b["labels"].to(device)} for b in batch]
-        with autocast(device, self.cfg.train.precision):
+        with autocast(device, self.precision):
             losses = self.model(images, targets)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)

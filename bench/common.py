@@ -137,6 +137,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
+        "cpu_bf16": _cpu_bf16(),
         "memory_gib": round(pages * os.sysconf("SC_PAGE_SIZE") / 2**30, 1) if pages else None,
         # Other processes running at the time make every number slower; the 1-minute load says so.
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -171,6 +172,15 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _cpu_bf16() -> bool | None:
+    """Whether a CPU run used bf16 autocast where asked (``dataset.runtime.cpu_has_bf16``); ``None`` without torch."""
+    try:
+        from dataset.runtime import cpu_has_bf16
+    except ImportError:
+        return None
+    return cpu_has_bf16()
 
 
 def _accelerator() -> dict[str, Any] | None:

@@ -28,14 +28,17 @@ step() {  # step NAME RESULT_FILE COMMAND...
     "$@" >>"$log" 2>&1
 }
 
-# Inference sizes scaled down with the training sizes, for the detector's scoring and the pipeline alike.
-sizes=(infer.image_short_side=384 infer.image_max_size=704 infer.video_short_side=352 infer.video_max_size=704)
+# Inference sizes scaled down with the training sizes, for the detector's scoring and the pipeline alike, in
+# float32 even on a CPU with bf16 instructions, so that every machine reproduces the committed figures.
+infer=(infer.image_short_side=384 infer.image_max_size=704 infer.video_short_side=352 infer.video_max_size=704
+       infer.precision=fp32)
 
 light_pipeline() {  # light_pipeline ROOT KEEP_DIR RESULT_JSON: the trained light setup end to end, outputs kept
     "$python" -m bench.e2e --setups light --data "$1" --keep "$2" \
         --weights light "$work/det/run/model_final.pth" \
         "$work/runs/lite0/best.pt,$work/runs/lite1/best.pt,$work/runs/lite2/best.pt" \
-        "${sizes[@]/#/--detector-set=}" --embedder-set data.bucket_scale=0.5 --out "$3"
+        "${infer[@]/#/--detector-set=}" --embedder-set data.bucket_scale=0.5 --embedder-set embed.dtype=fp32 \
+        --out "$3"
 }
 
 step data "$work/data/val/synth_manifest.json" "$python" -c "from pathlib import Path
@@ -47,9 +50,10 @@ step detector "$out/detect_accuracy_lite2_400_cpu.json" "$python" -m bench.detec
     --train "$work/data/train" --val "$work/data/test" --work "$work/det" --out "$out/detect_accuracy_lite2_400_cpu.json" \
     --set 'train.stages=[{name: stage1, iterations: 400, base_lr: 0.01, batch_size: 4, schedule: cosine, warmup_iters: 40, warmup_factor: 0.001, min_sizes: [352, 384, 416], max_size: 768}]' \
     --set train.workers=1 --set train.eval_every=1000000 --set train.checkpoint_every=25 \
-    "${sizes[@]/#/--set=}"
+    "${infer[@]/#/--set=}"
 step embedders "$out/embed_accuracy_light_cpu.json" "$python" -m bench.embed_accuracy --synthetic \
-    --train-configs lite0,lite1,lite2 --items 40 --train-items 120 --set data.bucket_scale=0.5 --seed 0 \
+    --train-configs lite0,lite1,lite2 --items 40 --train-items 120 --set data.bucket_scale=0.5 \
+    --set embed.dtype=fp32 --seed 0 \
     --work "$work" --out "$out/embed_accuracy_light_cpu.json"
 step e2e "$out/e2e_light_cpu.json" light_pipeline "$work/data/test" "$work/e2e" "$out/e2e_light_cpu.json"
 step validation "$work/e2e_val/run_light/result.json" \

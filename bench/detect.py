@@ -7,7 +7,8 @@ Each config runs the full inference path of ``bbox_sub.detect.BatchDetector``
 selection) on random weights, so the RPN keeps its full proposal count per
 frame as a trained model would (``--set model.rpn_post_nms_top_n_test=N``
 changes it). torchvision's reference ``fasterrcnn_resnet50_fpn`` is timed in
-the same run on the same frames as the yardstick. On CUDA both run with bf16 autocast and channels_last.
+the same run on the same frames as the yardstick. Both run with ``--precision`` (bf16 by default) and
+channels_last where ``dataset.runtime`` finds them to pay: on CUDA, and on CPUs with bf16 instructions.
 """
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ import numpy as np
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-from bbox_sub.config import load_detector_config
+from bbox_sub.config import Precision, load_detector_config
 from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
 from bbox_sub.resize import to_chw
 from bench.common import measure, print_table, write_result
-from dataset.runtime import autocast, pick_device
+from dataset.runtime import autocast, channels_last_pays, effective_dtype, pick_device
 
 RESULT = Path(__file__).resolve().parent / "results" / "detect.json"
 
@@ -33,12 +34,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_config(name: str, frames: list[np.ndarray], device: torch.device, repeats: int,
+def time_config(name: str, frames: list[np.ndarray], device: torch.device, precision: Precision, repeats: int,
                 backbone_only: bool, overrides: list[str]) -> dict:
     """The full path; with ``backbone_only`` also backbone + FPN alone on the same prepared batch, so the
     table shows what box selection and the RoI head cost on top."""
     cfg = load_detector_config(name, overrides)
-    detector = BatchDetector(build_detector(cfg.model), device, "bf16", channels_last=True)
+    detector = BatchDetector(build_detector(cfg.model), device, precision, channels_last=True)
 
     def run() -> None:
         detector(frames, 608, 4000)
@@ -53,7 +54,7 @@ def time_config(name: str, frames: list[np.ndarray], device: torch.device, repea
 
         @torch.inference_mode()
         def run_backbone() -> None:
-            with autocast(device, "bf16"):
+            with autocast(device, precision):
                 detector.model.backbone(images.tensors)
             _sync(device)
 
@@ -61,16 +62,16 @@ def time_config(name: str, frames: list[np.ndarray], device: torch.device, repea
     return row
 
 
-def time_reference(frames: list[np.ndarray], device: torch.device, repeats: int) -> dict:
+def time_reference(frames: list[np.ndarray], device: torch.device, precision: Precision, repeats: int) -> dict:
     """torchvision's own pipeline (its transform resizes to 608 with max 4000, as the seed's frames)."""
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=608, max_size=4000).to(device).eval()
-    if device.type == "cuda":
+    if channels_last_pays(device, precision):
         model = model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def run() -> None:
         images = list(to_chw(frames, device).float() / 255)
-        with autocast(device, "bf16"):
+        with autocast(device, precision):
             model(images)
         _sync(device)
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every config, e.g. model.rpn_post_nms_top_n_test=300")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                        help="autocast dtype where the device runs it (see dataset.runtime.autocast_dtype)")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--backbone-only", action="store_true",
                         help="also time backbone + FPN alone (what the box selection costs on top)")
@@ -97,17 +100,17 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (960, 540, 3), dtype=np.uint8) for _ in range(args.batch)]
     torch.manual_seed(0)
-    rows = [time_config(name.strip(), frames, device, repeats, args.backbone_only, args.set)
+    rows = [time_config(name.strip(), frames, device, args.precision, repeats, args.backbone_only, args.set)
             for name in args.configs.split(",") if name.strip()]
     if not args.no_reference:
-        rows.append(time_reference(frames, device, repeats))
+        rows.append(time_reference(frames, device, args.precision, repeats))
     columns = ["model", "backbone", "device", "batch", "proposals", "seconds_per_batch", "frames_per_s"]
     if args.backbone_only:
         columns.append("backbone_frames_per_s")
     print_table(rows, columns)
     write_result(args.out, "detect", rows, {"frame": "540x960 portrait", "short_side": 608, "repeats": repeats,
                                            "overrides": args.set,
-                                           "precision": "bf16 + channels_last" if device.type == "cuda" else "fp32",
+                                           "precision": effective_dtype(device, args.precision),
                                            "threads": torch.get_num_threads()})
     print(f"wrote {args.out}")
 

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: each config's embed.batch_size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="CUDA autocast dtype")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+                        help="autocast dtype (CUDA; bf16 also on CPUs with bf16 instructions)")
     parser.add_argument("--compile", action="store_true", help="torch.compile per bucket shape (CUDA)")
     parser.add_argument("--cuda-graphs", action="store_true", help="compile in reduce-overhead mode (CUDA graphs)")
     parser.add_argument("--native-sizes", action="store_true", help="keep each config's bucket_scale")

@@ -86,7 +86,8 @@ class TrainConfig(StrictModel):
 
 
 class EmbedConfig(StrictModel):
-    """Inference settings; the speed options matter on CUDA only.
+    """Inference settings; ``dtype`` and ``channels_last`` apply on CUDA and on CPUs with bf16 instructions
+    (``dataset.runtime.autocast_dtype``), the others on CUDA only.
 
     ``compile`` wraps the model in ``torch.compile`` (one static graph, then
     one with symbolic height and width for the other buckets);

@@ -41,7 +41,7 @@ from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
 from dataset.records import Dataset
-from dataset.runtime import autocast, load_checkpoint, pick_device
+from dataset.runtime import autocast, channels_last_pays, effective_dtype, load_checkpoint, pick_device
 from metric_sub.buckets import aspect_group, resize_to_bucket
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import CropRef, ground_truth_crops, iter_crops
@@ -69,8 +69,8 @@ class ModelRunner:
             fold_batch_norms(self.model.backbone, example_images(self.device))
         settings = self.config.embed
         cuda = self.device.type == "cuda"
-        self.dtype = settings.dtype if cuda else "fp32"
-        self.channels_last = settings.channels_last and cuda
+        self.dtype = effective_dtype(self.device, settings.dtype)
+        self.channels_last = settings.channels_last and channels_last_pays(self.device, self.dtype)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.graphs = settings.cuda_graphs and cuda
@@ -238,8 +238,10 @@ def _chunks(refs: Sequence[CropRef], sources_per_chunk: int) -> list[list[int]]:
 
 
 def _model_key(runner: ModelRunner) -> dict:
+    """What a chunk's vectors depend on: the model, its weights and the precision it ran in (bf16 moves them
+    by about 1e-3), not the batch size or compilation."""
     return {"config": runner.config.model_dump(mode="json", exclude={"embed", "train"}),
-            "weights": file_stamp(runner.weights or None)}
+            "weights": file_stamp(runner.weights or None), "dtype": runner.dtype}
 
 
 def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,

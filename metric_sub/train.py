@@ -57,8 +57,9 @@ class ValidationSet:
         kept = [refs[i] for i in cache.available]
         return cls(kept, [cache[i] for i in cache.available])
 
-    def evaluate(self, model: Embedder, config: EmbedderConfig, device: torch.device) -> dict[str, float]:
-        settings = config.embed.model_copy(update={"compile": False, "cuda_graphs": False,
+    def evaluate(self, model: Embedder, config: EmbedderConfig, device: torch.device, dtype: str) -> dict[str, float]:
+        """Recall of ``model`` in the precision it trains in (so a CPU run validates in float32 as it trains)."""
+        settings = config.embed.model_copy(update={"compile": False, "cuda_graphs": False, "dtype": dtype,
                                                    "batch_size": config.train.val_batch_size})
         runner = ModelRunner(config.model_copy(update={"embed": settings}), model, device, fold_norms=False)
         embeddings = runner.embed_crops(self.crops, [r.group for r in self.refs])
@@ -207,7 +208,7 @@ class Trainer:
                 break
             record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else None}
             if self.validation is not None:
-                record |= self.validation.evaluate(self.model, self.config, self.device)
+                record |= self.validation.evaluate(self.model, self.config, self.device, self.amp)
             self.epoch += 1
             self.batch_in_epoch = 0
             improved = self.best is None or self.validation is None or record[BEST_METRIC] > self.best[BEST_METRIC]

@@ -1,0 +1,82 @@
+"""bf16 on the CPU: chosen by the CPU's instructions, and close to float32 where it runs.
+
+Each test fixes what ``cpu_has_bf16`` answers, so both branches run on any
+machine (a CPU without bf16 instructions emulates it: slower, same rounding).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bbox_sub.config import load_detector_config
+from bbox_sub.detect import BatchDetector
+from bbox_sub.model import build_detector
+from dataset import runtime
+from dataset.runtime import autocast, autocast_dtype, channels_last_pays
+from metric_sub.config import load_embedder_config
+from metric_sub.embed import ModelRunner
+from metric_sub.model import build_embedder
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
+    assert autocast_dtype(CPU, "bf16") == (torch.bfloat16 if native else None)
+    assert autocast_dtype(CPU, "fp16") is None and autocast_dtype(CPU, "fp32") is None
+    assert channels_last_pays(CPU, "bf16") is native and not channels_last_pays(CPU, "fp32")
+    conv = nn.Conv2d(3, 4, 3)
+    with torch.inference_mode(), autocast(CPU, "bf16"):
+        out = conv(torch.rand(1, 3, 8, 8))
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    detector = BatchDetector(build_detector(load_detector_config("tiny").model), CPU, "bf16")
+    assert detector.channels_last is native
+    config = load_embedder_config("tiny", ["embed.dtype=bf16"])
+    runner = ModelRunner(config, build_embedder(config), CPU)
+    assert (runner.dtype, runner.channels_last) == (("bf16", True) if native else ("fp32", False))
+
+
+def _detector() -> nn.Module:
+    torch.manual_seed(0)
+    return build_detector(load_detector_config("tiny").model).eval()
+
+
+def test_bf16_detector_features_are_close_to_fp32(bf16_cpu: None) -> None:
+    images = torch.rand(2, 3, 256, 448)
+    fp32 = BatchDetector(_detector(), CPU, "fp32")
+    bf16 = BatchDetector(_detector(), CPU, "bf16")
+    assert bf16.channels_last and not fp32.channels_last
+    with torch.inference_mode():
+        exact = fp32.model.backbone(images)
+        with autocast(CPU, "bf16"):
+            low = bf16.model.backbone(images.contiguous(memory_format=torch.channels_last))
+    for level, reference in exact.items():
+        assert low[level].dtype == torch.bfloat16
+        error = (low[level].float() - reference).norm() / reference.norm()
+        assert error < 0.02, f"level {level}: relative error {error:.4f}"
+    frames = [np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)]
+    (found,) = bf16(frames, 256, 448)
+    assert found.boxes.dtype == np.float32 and found.scores.dtype == np.float32
+    assert len(found.boxes) and (found.boxes >= -1).all() and (found.boxes[:, 2:] <= [201, 301]).all()
+
+
+def test_bf16_embeddings_are_close_to_fp32(bf16_cpu: None) -> None:
+    rng = np.random.default_rng(1)
+    runners = {}
+    for dtype in ("fp32", "bf16"):
+        config = load_embedder_config("tiny", [f"embed.dtype={dtype}"])
+        torch.manual_seed(0)
+        runners[dtype] = ModelRunner(config, build_embedder(config), CPU)
+    width, height = runners["fp32"].sizes[4]
+    crops = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(6)]
+    exact, low = (runners[dtype].embed_crops(crops, [4] * len(crops)) for dtype in ("fp32", "bf16"))
+    assert low.dtype == np.float32 and np.allclose(np.linalg.norm(low, axis=1), 1.0, atol=1e-4)
+    assert (exact * low).sum(axis=1).min() >= 0.99
