@@ -94,7 +94,7 @@ class BatchedRPN(RegionProposalNetwork):
 
     On CUDA the selection keeps fixed shapes throughout (``filter_proposals_dense``),
     so it waits for the GPU only to learn how many proposals each image kept;
-    on CPU it compacts the candidates and runs one offset NMS per chunk of images.
+    on CPU it compacts the candidates and runs ``nms_by_group`` per chunk of images.
     """
 
     nms_chunk: int = 8
@@ -168,7 +168,7 @@ class BatchedRPN(RegionProposalNetwork):
 
 class BatchedRoIHeads(RoIHeads):
     """torchvision's box head with detection selection done for all images of the batch together
-    (fixed shapes on CUDA, ``postprocess_detections_dense``; compaction and offset NMS on CPU)."""
+    (fixed shapes on CUDA, ``postprocess_detections_dense``; compaction and ``nms_by_group`` on CPU)."""
 
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: list[Tensor],
                                image_shapes: list[tuple[int, int]]) -> tuple[list[Tensor], list[Tensor],

@@ -16,18 +16,21 @@ loop, and NMS runs for all groups at once:
   exactly greedy NMS. torchvision's CUDA NMS instead ends in one serial pass
   over every box of the call, which costs tens of milliseconds for the 40 000
   proposals of a 16-frame batch;
-* on CPU, groups are shifted apart by coordinate offsets so one torchvision
-  NMS call covers them all.
+* on CPU, torchvision's ``batched_nms`` does: one call with the groups
+  shifted apart by coordinate offsets for small inputs, one call per group
+  above 4000 boxes. There is no device to wait for, and one call over all
+  groups would compare every box with every other of the call: 2.4 s instead
+  of 0.17 s for 40 groups of 1000 boxes (8 frames' proposals) on 2 cores.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 
 def nms_by_group(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """NMS within each group: ``dense_nms`` on CUDA, one offset torchvision call on CPU.
+    """NMS within each group: ``dense_nms`` on CUDA, torchvision's ``batched_nms`` on CPU.
 
     Returns indices into ``boxes`` sorted by decreasing score, like ``torchvision.ops.batched_nms``.
     """
@@ -35,10 +38,7 @@ def nms_by_group(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: f
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.device.type == "cuda":
         return dense_nms(boxes, scores, groups, iou_threshold)
-    boxes = boxes.float()
-    span = boxes.max() - boxes.min().clamp(max=0) + 1
-    shifted = boxes + (groups.to(boxes) * span)[:, None]
-    return nms(shifted, scores.float(), iou_threshold)
+    return batched_nms(boxes.float(), scores.float(), groups, iou_threshold)
 
 
 CHECK_EVERY = 4

@@ -47,7 +47,7 @@ def test_backbone_features_agree() -> None:
 
 
 def test_proposal_selection_agrees() -> None:
-    """The RPN's batched selection (dense NMS on CUDA, offset NMS on CPU) keeps the same proposals.
+    """The RPN's batched selection (dense NMS on CUDA, torchvision's batched NMS on CPU) keeps the same proposals.
 
     Scores are drawn well apart: with a random network they crowd within 1e-5
     of each other, where any two devices may order them differently.
