@@ -119,6 +119,34 @@ def test_batched_detection_selection_matches_torchvision(path: str, classes: int
             assert torch.equal(a, b)
 
 
+def test_levelwise_box_features_match_torchvision() -> None:
+    """Pooling and the box head one FPN level at a time give torchvision's RoI head output, with RoIs of
+    every size (so every level is used, one of them by none), images without RoIs, and in eval mode."""
+    torch.manual_seed(0)
+    model = build_detector(load_detector_config("tiny").model).eval()
+    heads = model.roi_heads
+    heads.score_thresh = 0.05
+    shapes = [(256, 320), (256, 320), (256, 320)]
+    features = model.backbone(torch.rand(3, 3, 256, 320))
+    small = torch.rand(40, 2) * 200
+    large = torch.rand(20, 2) * 40
+    proposals = [torch.cat([small, small + torch.rand(40, 2) * 40 + 4], 1),
+                 torch.zeros(0, 4),
+                 torch.cat([large, large + torch.rand(20, 2) * 200 + 60], 1)]
+    with torch.inference_mode():
+        ours = heads.box_features(features, proposals, shapes)
+        theirs = heads.box_head(heads.box_roi_pool(features, proposals, shapes))
+        assert torch.allclose(ours, theirs, atol=1e-6)
+        levels = heads.box_roi_pool.map_levels(proposals)
+        assert len(torch.unique(levels)) >= 2 and len(torch.unique(levels)) < len(heads.box_roi_pool.scales)
+        detected, _ = heads(features, proposals, shapes)
+        reference, _ = RoIHeads.forward(heads, features, proposals, shapes)
+    for mine, theirs in zip(detected, reference):
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert torch.allclose(mine[key].float(), theirs[key].float(), atol=1e-4)
+
+
 @pytest.mark.parametrize("max_pairs", [1 << 26, 5000])
 def test_dense_nms_is_greedy_nms(max_pairs: int) -> None:
     """Clustered boxes (long suppression chains), uneven groups, and slices of groups when pairs are bounded."""
