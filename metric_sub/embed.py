@@ -237,11 +237,11 @@ def _chunks(refs: Sequence[CropRef], sources_per_chunk: int) -> list[list[int]]:
             for k in range(0, len(sources), sources_per_chunk)]
 
 
-def _model_key(runner: ModelRunner) -> dict:
-    """What a chunk's vectors depend on: the model, its weights and the precision it ran in (bf16 moves them
-    by about 1e-3), not the batch size or compilation."""
-    return {"config": runner.config.model_dump(mode="json", exclude={"embed", "train"}),
-            "weights": file_stamp(runner.weights or None), "dtype": runner.dtype}
+def model_key(config: EmbedderConfig, weights: Path | str | None, device: torch.device) -> dict:
+    """What a model's vectors depend on: the model, its weights and the precision it runs in on ``device``
+    (bf16 moves them by about 1e-3), not the batch size or compilation."""
+    return {"config": config.model_dump(mode="json", exclude={"embed", "train"}),
+            "weights": file_stamp(weights or None), "dtype": effective_dtype(device, config.embed.dtype)}
 
 
 def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
@@ -251,7 +251,7 @@ def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_d
     chunk_dir = out_dir / "chunks"
     chunk_dir.mkdir(parents=True, exist_ok=True)
     issues = IssueLog()
-    models_key = [_model_key(r) for r in runners]
+    models_key = [model_key(r.config, r.weights, r.device) for r in runners]
     plan = _chunks(refs, sources_per_chunk)
     keys = [digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
 

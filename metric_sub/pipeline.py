@@ -47,11 +47,11 @@ from dataset.errors import DataError, Issue, IssueLog
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.records import Dataset
-from dataset.runtime import effective_dtype, pick_device
+from dataset.runtime import pick_device
 from dataset.score import load_result, score, write_result
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import ground_truth_crops
-from metric_sub.embed import boxes_document_to_refs, load_embeddings, load_runner, run_embedding
+from metric_sub.embed import boxes_document_to_refs, load_embeddings, load_runner, model_key, run_embedding
 from metric_sub.match import MatchConfig, load_match_config, match_embeddings
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,7 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
     with timed("embed", 2):
         embed_dir = out / "embed"
         specs = [(_embedder_config(c), _weights(w)) for c, w in embedders]
-        key = digest([r.to_json() for r in refs], [[c.model_dump(mode="json", exclude={"embed", "train"}),
-                                                     file_stamp(w), effective_dtype(torch_device, c.embed.dtype)]
-                                                    for c, w in specs])
+        key = digest([r.to_json() for r in refs], [model_key(c, w, torch_device) for c, w in specs])
         if not (stages.done("embed", key) and (embed_dir / "embeddings.json").is_file()):
             runners = [load_runner(c, w, torch_device) for c, w in specs]
             # Clips are decoded again for their crops, with as many threads as the detector used.

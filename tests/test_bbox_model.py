@@ -121,7 +121,7 @@ def test_batched_detection_selection_matches_torchvision(path: str, classes: int
 
 def test_levelwise_box_features_match_torchvision() -> None:
     """Pooling and the box head one FPN level at a time give torchvision's RoI head output, with RoIs of
-    every size (so every level is used, one of them by none), images without RoIs, and in eval mode."""
+    several sizes (two or more levels used, one left empty) and an image without RoIs, in eval mode."""
     torch.manual_seed(0)
     model = build_detector(load_detector_config("tiny").model).eval()
     heads = model.roi_heads
