@@ -54,7 +54,10 @@ def make_tiny_setup(base: Path) -> dict[str, Path]:
                     {"model": build_embedder(load_embedder_config(base / "embedder.yaml")).state_dict()})
     settings = {"detector": {"config": str(base / "detector.yaml"), "weights": str(base / "detector.pth")},
                 "embedders": [{"config": str(base / "embedder.yaml"), "weights": str(base / "embedder.pth")}],
-                "roots": [str(root)], "device": "cpu", "limits": {"max_upload_bytes": UPLOAD_LIMIT}}
+                "roots": [str(root)], "device": "cpu", "limits": {"max_upload_bytes": UPLOAD_LIMIT},
+                # No micro-batching across requests: which jobs share a pass would depend on timing (the
+                # rebuild embeds items concurrently), and so would the rounding, most of all in bf16.
+                "batching": {"max_crops": 1}}
     (base / "service.yaml").write_text(yaml.safe_dump(settings))
     return {"base": base, "root": root, "service_config": base / "service.yaml",
             "detector_config": base / "detector.yaml", "detector_weights": base / "detector.pth",
