@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from bbox_sub.config import load_detector_config
-from bbox_sub.model import build_detector
 from bench.common import print_table, write_result
+from bench.detect import noise_frames, untrained_detector
 from dataset.layout import load_dataset
 from dataset.runtime import pick_device, save_checkpoint
 from dataset.synth import SynthConfig, generate
@@ -44,10 +44,11 @@ RESULT = Path(__file__).resolve().parent / "results" / "e2e.json"
 
 
 def untrained_weights(folder: Path, detector: str, embedders: list[str]) -> tuple[Path, list[Path | None]]:
-    """Initial weights saved as checkpoints, for timing setups that have no trained models here."""
+    """Initial weights saved as checkpoints, for timing setups that have no trained models here (the detector's
+    norm statistics calibrated, so that its RPN proposes as many boxes as a trained one: ``bench.detect``)."""
     torch.manual_seed(0)
-    det = save_checkpoint(folder / f"{detector}.pth",
-                          {"model": build_detector(load_detector_config(detector).model).state_dict()})
+    model = untrained_detector(load_detector_config(detector).model, noise_frames(2), torch.device("cpu"))
+    det = save_checkpoint(folder / f"{detector}.pth", {"model": model.state_dict()})
     emb: list[Path | None] = []
     for name in embedders:
         config = load_embedder_config(name)
