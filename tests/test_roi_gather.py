@@ -1,0 +1,56 @@
+"""The CPU RoI align gather gives torchvision's roi_align, edges and all."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from bbox_sub import roi_gather
+from bbox_sub.roi_gather import roi_align_gather
+
+
+def _rois(count: int, images: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """Boxes of every kind: inside, straddling each edge, past the far edges, and thinner than a pixel."""
+    owner = torch.randint(0, images, (count, 1), generator=generator).float()
+    corner = torch.rand(count, 2, generator=generator) * torch.tensor([width + 8.0, height + 8.0]) - 4
+    size = torch.rand(count, 2, generator=generator) * 30
+    size[: count // 10] *= 0.02
+    return torch.cat([owner, corner, corner + size], 1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("ratio", [1, 2, 3])
+def test_gather_is_roi_align(scale: float, ratio: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    feature = torch.randn(3, 16, 40, 30, generator=generator)
+    rois = _rois(400, 3, int(40 / scale), int(30 / scale), generator)
+    expected = roi_align(feature, rois, (7, 5), scale, ratio)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = roi_align_gather(feature.contiguous(memory_format=layout), rois, (7, 5), scale, ratio)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-4)  # float32 sums in another order
+
+
+def test_chunks_and_empty_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(1)
+    feature = torch.randn(2, 8, 20, 20, generator=generator)
+    rois = _rois(50, 2, 20, 20, generator)
+    whole = roi_align_gather(feature, rois, (7, 7), 1.0, 2)
+    monkeypatch.setattr(roi_gather, "CHUNK", 7)
+    assert torch.equal(roi_align_gather(feature, rois, (7, 7), 1.0, 2), whole)
+    assert roi_align_gather(feature, rois[:0], (7, 7), 1.0, 2).shape == (0, 8, 7, 7)
+
+
+def test_bf16_features_pool_in_bf16_close_to_float32() -> None:
+    generator = torch.Generator().manual_seed(2)
+    feature = torch.randn(2, 32, 24, 24, generator=generator)
+    rois = _rois(100, 2, 48, 48, generator)
+    expected = roi_align(feature, rois, (7, 7), 0.5, 2)
+    got = roi_align_gather(feature.bfloat16().contiguous(memory_format=torch.channels_last), rois, (7, 7), 0.5, 2)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_adaptive_sampling_is_refused() -> None:
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        roi_align_gather(torch.zeros(1, 4, 8, 8), torch.zeros(1, 5), (7, 7), 1.0, 0)
