@@ -10,6 +10,7 @@ once (``bbox_sub.postprocess``).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -22,14 +23,14 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, roi_align
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.poolers import _convert_to_roi_format, _setup_scales
 
 from bbox_sub.config import ModelConfig
 from bbox_sub.postprocess import (best_survivors, clip_to_sizes, nms_by_group, padded_nms, rank_within,
                                   split_by_owner)
-from bbox_sub.roi_gather import roi_align_gather
+from bbox_sub.roi_gather import pool_rois
 from dataset.pretrained import load_lite_weights
 
 NUM_CLASSES = 2
@@ -168,6 +169,35 @@ class BatchedRPN(RegionProposalNetwork):
         return chosen, best
 
 
+class LevelRoIAlign(MultiScaleRoIAlign):
+    """torchvision's multi-level RoI align, pooling with ``bbox_sub.roi_gather.pool_rois`` (a gather on a CPU,
+    many times faster than torchvision's kernel there, in training too) and able to hand out each level's
+    RoIs on their own (``levels``)."""
+
+    def levels(self, features: dict[str, Tensor], proposals: list[Tensor],
+               image_shapes: list[tuple[int, int]]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Per FPN level: the positions of its RoIs among all, and those RoIs pooled."""
+        maps = [features[name] for name in self.featmap_names]
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(maps, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(proposals)
+        levels = self.map_levels(proposals)
+        for level, (feature, scale) in enumerate(zip(maps, self.scales)):
+            index = torch.where(levels == level)[0]
+            yield index, pool_rois(feature, rois[index], self.output_size, scale, self.sampling_ratio)
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        """Every RoI pooled, in RoI order, as torchvision's ``MultiScaleRoIAlign`` returns them."""
+        parts = list(self.levels(features, proposals, image_shapes))
+        pooled = parts[0][1]
+        result = pooled.new_zeros((sum(len(index) for index, _ in parts), *pooled.shape[1:]))
+        for index, part in parts:
+            result[index] = part.to(result.dtype)
+        return result
+
+
 class BatchedRoIHeads(RoIHeads):
     """torchvision's box head with detection selection done for all images of the batch together
     (fixed shapes on CUDA, ``postprocess_detections_dense``; compaction and ``nms_by_group`` on CPU), and at
@@ -191,21 +221,10 @@ class BatchedRoIHeads(RoIHeads):
         16 frames, whose filling and copying took a CPU longer than the
         convolutions of a bf16 backbone. Here each level's pooled RoIs go
         through the box head directly, and only its ``(RoIs, 1024)`` outputs
-        are put back in RoI order. On a CPU the pooling itself is a gather
-        (``bbox_sub.roi_gather``), many times faster than torchvision's kernel there.
+        are put back in RoI order.
         """
-        pool = self.box_roi_pool
-        maps = [features[name] for name in pool.featmap_names]
-        if pool.scales is None or pool.map_levels is None:
-            pool.scales, pool.map_levels = _setup_scales(maps, image_shapes, pool.canonical_scale,
-                                                         pool.canonical_level)
-        rois = _convert_to_roi_format(proposals)
-        levels = pool.map_levels(proposals)
         outputs, positions = [], []
-        for level, (feature, scale) in enumerate(zip(maps, pool.scales)):
-            index = torch.where(levels == level)[0]
-            pool_level = roi_align_gather if feature.device.type == "cpu" else roi_align
-            pooled = pool_level(feature, rois[index], pool.output_size, scale, pool.sampling_ratio)
+        for index, pooled in self.box_roi_pool.levels(features, proposals, image_shapes):
             outputs.append(self.box_head(pooled))
             positions.append(index)
         stacked = torch.cat(outputs)
@@ -297,7 +316,7 @@ class Detector(nn.Module):
         self.rpn.nms_chunk = cfg.nms_chunk
         size = cfg.roi_pool_size
         self.roi_heads = BatchedRoIHeads(
-            MultiScaleRoIAlign([str(i) for i in range(levels - 1)], output_size=size, sampling_ratio=2),
+            LevelRoIAlign([str(i) for i in range(levels - 1)], output_size=size, sampling_ratio=2),
             TwoMLPHead(channels * size * size, cfg.representation_size),
             Fp32Predictor(cfg.representation_size, NUM_CLASSES),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=cfg.roi_batch_size_per_image,

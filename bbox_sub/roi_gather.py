@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import roi_align
 
 CHUNK = 4096
 """RoIs per gather: bounds the index and weight tensors (16 x 49 per RoI) to ~40 MB."""
@@ -73,3 +74,11 @@ def roi_align_gather(feature: Tensor, rois: Tensor, output_size: tuple[int, int]
         return feature.new_zeros((0, channels, *output_size))
     return torch.cat([_gather(table, part, height, width, tuple(output_size), scale, sampling_ratio)
                       for part in rois.split(CHUNK)])
+
+
+def pool_rois(feature: Tensor, rois: Tensor, output_size: tuple[int, int], scale: float,
+              sampling_ratio: int) -> Tensor:
+    """RoI align by the gather on a CPU, by torchvision's kernel elsewhere (and for adaptive sampling)."""
+    if feature.device.type == "cpu" and sampling_ratio > 0:
+        return roi_align_gather(feature, rois, output_size, scale, sampling_ratio)
+    return roi_align(feature, rois, output_size, scale, sampling_ratio)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import batched_nms
+from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from bbox_sub.aspect import ASPECT_TEMPLATES, aspect_group
 from bbox_sub.config import SEED_FRAMES, load_detector_config, shipped_configs
@@ -135,7 +135,7 @@ def test_levelwise_box_features_match_torchvision() -> None:
                  torch.cat([large, large + torch.rand(20, 2) * 200 + 60], 1)]
     with torch.inference_mode():
         ours = heads.box_features(features, proposals, shapes)
-        theirs = heads.box_head(heads.box_roi_pool(features, proposals, shapes))
+        theirs = heads.box_head(MultiScaleRoIAlign.forward(heads.box_roi_pool, features, proposals, shapes))
         assert torch.allclose(ours, theirs, atol=1e-6)
         levels = heads.box_roi_pool.map_levels(proposals)
         assert len(torch.unique(levels)) >= 2 and len(torch.unique(levels)) < len(heads.box_roi_pool.scales)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import roi_align
+from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from bbox_sub import roi_gather
+from bbox_sub.model import LevelRoIAlign
 from bbox_sub.roi_gather import roi_align_gather
 
 
@@ -54,3 +55,30 @@ def test_bf16_features_pool_in_bf16_close_to_float32() -> None:
 def test_adaptive_sampling_is_refused() -> None:
     with pytest.raises(ValueError, match="sampling_ratio"):
         roi_align_gather(torch.zeros(1, 4, 8, 8), torch.zeros(1, 5), (7, 7), 1.0, 0)
+
+
+def test_multilevel_pooling_and_its_gradient_are_torchvisions() -> None:
+    """What training backpropagates through: every level's RoIs scattered back in order, and the feature
+    gradients of the gather equal those of torchvision's kernel."""
+    generator = torch.Generator().manual_seed(3)
+    pool = LevelRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2)
+    sizes = [(512, 384), (512, 384)]
+    features = {str(level): torch.randn(2, 8, 128 >> level, 96 >> level, generator=generator, requires_grad=True)
+                for level in range(3)}
+
+    def boxes(count: int, low: float, high: float) -> torch.Tensor:
+        corner = torch.rand(count, 2, generator=generator) * 150
+        return torch.cat([corner, corner + low + torch.rand(count, 2, generator=generator) * (high - low)], 1)
+
+    proposals = [torch.cat([boxes(20, 4, 40), boxes(10, 100, 140)]), torch.cat([boxes(5, 4, 40), boxes(5, 200, 300)])]
+    upstream = torch.randn(40, 8, 7, 7, generator=generator)
+    results = []
+    for forward in (pool.forward, lambda *a: MultiScaleRoIAlign.forward(pool, *a)):
+        pooled = forward(features, proposals, sizes)
+        grads = torch.autograd.grad((pooled * upstream).sum(), list(features.values()))
+        results.append((pooled, grads))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert len(torch.unique(pool.map_levels(proposals))) == 3
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    for mine, reference in zip(our_grads, their_grads):
+        assert torch.allclose(mine, reference, atol=1e-4)
