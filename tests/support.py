@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: a free loopback port, and a tiny dataset with tiny model checkpoints.
+"""Helpers shared by test modules: a free loopback port, a seeded tiny detector, and a tiny dataset with tiny
+model checkpoints.
 
 The tiny models have fixed random weights and score thresholds at 0, so every
 picture yields boxes: tests built on them check plumbing (the same answer from
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from bbox_sub.config import CONFIG_DIR as DETECTOR_CONFIGS, load_detector_config
-from bbox_sub.model import build_detector
+from bbox_sub.model import Detector, build_detector
 from dataset.runtime import save_checkpoint
 from dataset.synth import generate
 from dataset.synth.config import SynthConfig
@@ -27,6 +28,13 @@ def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def seeded_tiny_detector() -> Detector:
+    """The tiny detector in eval mode with the same random weights on every call, so that two copies (one per
+    device or precision) compute the same function."""
+    torch.manual_seed(0)
+    return build_detector(load_detector_config("tiny").model).eval()
 
 
 def make_tiny_setup(base: Path) -> dict[str, Path]:

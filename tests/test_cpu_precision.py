@@ -18,6 +18,7 @@ from dataset.runtime import autocast, autocast_dtype, channels_last_pays
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import ModelRunner
 from metric_sub.model import build_embedder
+from support import seeded_tiny_detector
 
 CPU = torch.device("cpu")
 
@@ -44,15 +45,11 @@ def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, native: bool
     assert (runner.dtype, runner.channels_last) == (("bf16", True) if native else ("fp32", False))
 
 
-def _detector() -> nn.Module:
-    torch.manual_seed(0)
-    return build_detector(load_detector_config("tiny").model).eval()
-
 
 def test_bf16_detector_features_are_close_to_fp32(bf16_cpu: None) -> None:
     images = torch.rand(2, 3, 256, 448)
-    fp32 = BatchDetector(_detector(), CPU, "fp32")
-    bf16 = BatchDetector(_detector(), CPU, "bf16")
+    fp32 = BatchDetector(seeded_tiny_detector(), CPU, "fp32")
+    bf16 = BatchDetector(seeded_tiny_detector(), CPU, "bf16")
     assert bf16.channels_last and not fp32.channels_last
     with torch.inference_mode():
         exact = fp32.model.backbone(images)

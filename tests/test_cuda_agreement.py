@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from bbox_sub.config import load_detector_config
 from bbox_sub.detect import BatchDetector
-from bbox_sub.model import build_detector
 from dataset.runtime import true_fp32
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import ModelRunner
 from metric_sub.model import build_embedder
+from support import seeded_tiny_detector
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,16 +30,11 @@ def without_tf32():
         yield
 
 
-def _detector():
-    torch.manual_seed(0)
-    return build_detector(load_detector_config("tiny").model).eval()
-
-
 def test_backbone_features_agree() -> None:
     """Backbone + FPN in float32, batch norms folded on both sides."""
     images = torch.rand(2, 3, 256, 448)
-    cpu = BatchDetector(_detector(), CPU, "fp32").model.backbone(images)
-    gpu = BatchDetector(_detector(), CUDA, "fp32").model.backbone(images.cuda())
+    cpu = BatchDetector(seeded_tiny_detector(), CPU, "fp32").model.backbone(images)
+    gpu = BatchDetector(seeded_tiny_detector(), CUDA, "fp32").model.backbone(images.cuda())
     for level in cpu:
         scale = cpu[level].abs().max()
         assert (gpu[level].cpu() - cpu[level]).abs().max() <= 1e-3 * scale
@@ -52,7 +46,7 @@ def test_proposal_selection_agrees() -> None:
     Scores are drawn well apart: with a random network they crowd within 1e-5
     of each other, where any two devices may order them differently.
     """
-    rpn = _detector().rpn
+    rpn = seeded_tiny_detector().rpn
     generator = torch.Generator().manual_seed(0)
     levels = [600, 150, 40, 12, 4]
     xy = torch.rand(3, sum(levels), 2, generator=generator) * 200
@@ -68,7 +62,7 @@ def test_proposal_selection_agrees() -> None:
 
 
 def test_detection_selection_agrees() -> None:
-    heads = _detector().roi_heads
+    heads = seeded_tiny_detector().roi_heads
     heads.score_thresh = 0.3
     generator = torch.Generator().manual_seed(0)
     proposals = [torch.cat([xy, xy + torch.rand(n, 2, generator=generator) * 60 + 2], 1)
