@@ -14,7 +14,7 @@ from bbox_sub.postprocess import dense_nms
 from dataset.config import ConfigError
 
 
-@pytest.mark.parametrize("name", ["seed_vovnet99", "vovnet39", "lite2", "tiny"])
+@pytest.mark.parametrize("name", ["seed_vovnet99", "vovnet39", "lite2", "lite0", "tiny"])
 def test_every_config_builds_offline(name: str) -> None:
     cfg = load_detector_config(name)
     model = build_detector(cfg.model)
