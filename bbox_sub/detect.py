@@ -10,7 +10,7 @@ from torchvision.models.detection.image_list import ImageList
 from bbox_sub.config import Precision
 from bbox_sub.model import Detector
 from bbox_sub.resize import resize, to_chw
-from dataset.fuse import example_images, fold_batch_norms
+from dataset.fuse import example_images, fold_batch_norms, fuse_conv_activations
 from dataset.runtime import autocast, channels_last_pays
 
 
@@ -22,24 +22,37 @@ class Detections:
     scores: np.ndarray
 
 
+def _fuse_activations(model: Detector, example: torch.Tensor) -> None:
+    """Convolution + activation fusion for the two parts that have such pairs: the backbone with its FPN, and
+    the RPN head (checked on the FPN's maps of the same example)."""
+    fuse_conv_activations(model.backbone, example)
+    with torch.no_grad():
+        maps = list(model.backbone(example).values())
+    fuse_conv_activations(model.rpn.head, maps)
+
+
 class BatchDetector:
     """A detector in eval mode on a device, with mixed precision and channels_last where they pay
     (``dataset.runtime.autocast_dtype``: CUDA, and CPUs with bf16 instructions).
 
-    ``fold_norms`` folds the backbone's batch norms into its convolutions, in
-    place (see ``dataset.fuse``): pass ``False`` for a model that goes on training.
+    ``fuse`` folds the backbone's batch norms into its convolutions and, on a
+    CPU, runs each convolution of the backbone, FPN and RPN head with its
+    activation as one oneDNN operation, in place (see ``dataset.fuse``): pass
+    ``False`` for a model that goes on training.
     """
 
     def __init__(self, model: Detector, device: torch.device, precision: Precision = "bf16",
-                 channels_last: bool = True, compile_backbone: bool = False, fold_norms: bool = True) -> None:
+                 channels_last: bool = True, compile_backbone: bool = False, fuse: bool = True) -> None:
         self.device = device
         self.precision = precision
         self.channels_last = channels_last and channels_last_pays(device, precision)
         model = model.to(device).eval()
-        if fold_norms:
+        if fuse:
             fold_batch_norms(model.backbone.body, example_images(device))
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if fuse and device.type == "cpu":
+            _fuse_activations(model, example_images(device))
         if compile_backbone and device.type == "cuda":
             model.backbone = torch.compile(model.backbone, dynamic=False)
         self.model = model

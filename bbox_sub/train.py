@@ -103,7 +103,7 @@ class Trainer:
         infer = self.cfg.infer
         self.model.eval()
         detector = BatchDetector(self.model, self.device, self.precision, self.channels_last,
-                                 fold_norms=False)
+                                 fuse=False)
         metrics = evaluate(detector, self.val_samples, (infer.image_short_side, infer.image_max_size),
                            (infer.video_short_side, infer.video_max_size))
         self.model.train()

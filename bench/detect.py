@@ -65,7 +65,7 @@ def calibrate_norms(model: nn.Module, run: Callable[[], object]) -> None:
 def untrained_detector(cfg: ModelConfig, frames: list[np.ndarray], device: torch.device) -> Detector:
     """Random weights with norm statistics calibrated on ``frames`` (in float32, before any folding)."""
     model = build_detector(cfg)
-    plain = BatchDetector(model, device, "fp32", channels_last=False, fold_norms=False)
+    plain = BatchDetector(model, device, "fp32", channels_last=False, fuse=False)
     calibrate_norms(model, lambda: plain(frames, 608, 4000))
     return model
 

@@ -1,4 +1,4 @@
-"""Folding batch norm into the convolution that feeds it, for inference.
+"""Folding batch norm into the convolution that feeds it, and on a CPU the activation after it, for inference.
 
 In eval mode a batch norm is a per-channel affine map, so it can live in the
 weights and bias of the convolution before it. Both stages gain from that on a
@@ -12,11 +12,21 @@ Which norm follows which convolution is read off a real forward pass (the
 norm's input must be the convolution's output tensor itself), not off module
 names, so any timm backbone works; the folded model is checked against the
 original on the same input before it is accepted.
+
+On a CPU, ``fuse_conv_activations`` then hands each convolution and the
+in-place ReLU, ReLU6 or SiLU after it to oneDNN as one operation (the
+activation as a post-op of the convolution), as PyTorch's own compiler does
+for CPUs. The activation was a second pass over a map the size of the
+convolution's output: on the Lite2 detector that pass took a fifth of a call.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
+from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.norm_act import FrozenBatchNormAct2d
+from timm.layers.padding import pad_same
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -26,30 +36,40 @@ NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d, FrozenBatchNormAct2d)
 """timm's ``freeze_batch_norm_2d`` turns norms into the two frozen kinds, which are not BatchNorm2d subclasses."""
 
 
-def _conv_norm_pairs(model: nn.Module, example: Tensor) -> list[tuple[nn.Conv2d, nn.Module]]:
-    """(convolution, norm) pairs where the norm consumed exactly the convolution's output in a forward pass."""
+ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.SiLU)
+"""Activations oneDNN runs as a convolution post-op (``nn.ReLU6`` is a Hardtanh)."""
+
+
+def _conv_pairs(model: nn.Module, example: Tensor, consumers: tuple[type, ...]) -> list[tuple[nn.Conv2d, nn.Module]]:
+    """(convolution, consumer) pairs where, in a forward pass, every call of the consumer took exactly the output
+    of a call of the convolution and every call of the convolution fed the consumer (a module shared across
+    FPN levels qualifies; one that follows two different convolutions cannot be merged into either)."""
     produced: dict[int, tuple[Tensor, nn.Conv2d]] = {}  # the tensor is held so that its id is not reused
-    pairs: list[tuple[nn.Conv2d, nn.Module]] = []
-    seen: set[int] = set()
+    pairs: dict[tuple[int, int], tuple[nn.Conv2d, nn.Module]] = {}
+    hits: Counter[tuple[int, int]] = Counter()
+    calls: Counter[int] = Counter()
 
     def after_conv(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        calls[id(module)] += 1
         produced[id(output)] = (output, module)
 
-    def before_norm(module: nn.Module, inputs: tuple) -> None:
+    def before_consumer(module: nn.Module, inputs: tuple) -> None:
+        calls[id(module)] += 1
         _, conv = produced.get(id(inputs[0]), (None, None))
-        if conv is not None and id(module) not in seen:
-            seen.add(id(module))
-            pairs.append((conv, module))
+        if conv is not None:
+            key = (id(conv), id(module))
+            pairs.setdefault(key, (conv, module))
+            hits[key] += 1
 
     handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    handles += [m.register_forward_pre_hook(before_norm) for m in model.modules() if isinstance(m, NORMS)]
+    handles += [m.register_forward_pre_hook(before_consumer) for m in model.modules() if isinstance(m, consumers)]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-    return pairs
+    return [pair for key, pair in pairs.items() if hits[key] == calls[key[0]] == calls[key[1]]]
 
 
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -97,18 +117,93 @@ def fold_batch_norms(model: nn.Module, example: Tensor, rtol: float = 1e-3) -> i
         raise ValueError("fold_batch_norms needs a model in eval mode")
     with torch.no_grad(), true_fp32():
         before = model(example)
-    pairs = [(conv, norm) for conv, norm in _conv_norm_pairs(model, example)
+    pairs = [(conv, norm) for conv, norm in _conv_pairs(model, example, NORMS)
              if conv.out_channels == norm.running_mean.numel()]
     for conv, norm in pairs:
         _fold(conv, norm)
         _replace(model, norm, _after_norm(norm))
+    _check_unchanged(model, example, before, rtol, "folding batch norms")
+    return len(pairs)
+
+
+def _check_unchanged(model: nn.Module, example: Tensor, before: object, rtol: float, what: str) -> None:
     with torch.no_grad(), true_fp32():
         after = model(example)
     for old, new in zip(_flat(before), _flat(after)):
         error = (old.float() - new.float()).abs().max()
         if error > rtol * old.float().abs().max().clamp(min=1e-6):
-            raise RuntimeError(f"folding batch norms changed the output by {float(error):.3g}")
-    return len(pairs)
+            raise RuntimeError(f"{what} changed the output by {float(error):.3g}")
+
+
+def _post_op(act: nn.Module) -> tuple[str, list[float]] | None:
+    """oneDNN's name and scalars for an in-place activation, or None. In place, the activation overwrote the
+    convolution's output, so nothing else can have read it: fusing them changes no other consumer."""
+    if not getattr(act, "inplace", False):
+        return None
+    if type(act) is nn.ReLU:
+        return "relu", []
+    if isinstance(act, nn.Hardtanh):
+        return "hardtanh", [float(act.min_val), float(act.max_val)]
+    if type(act) is nn.SiLU:
+        return "swish", []
+    return None
+
+
+class ConvActivation(nn.Module):
+    """A convolution with its activation as a oneDNN post-op (CPU, inference only). Under CPU autocast it
+    computes in the autocast type, as the convolution did, with the weights cast once per type."""
+
+    def __init__(self, conv: nn.Conv2d, post_op: str, scalars: list[float]) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.same = isinstance(conv, Conv2dSame)
+        self.kernel, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.padding = (0, 0) if self.same else conv.padding
+        self.groups, self.post_op, self.scalars = conv.groups, post_op, scalars
+        self._cast: dict[torch.dtype, tuple[Tensor, Tensor | None]] = {}
+
+    def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        if dtype == self.weight.dtype:
+            return self.weight, self.bias
+        if dtype not in self._cast:
+            bias = None if self.bias is None else self.bias.detach().to(dtype)
+            self._cast[dtype] = (self.weight.detach().to(dtype), bias)
+        return self._cast[dtype]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.same:
+            x = pad_same(x, list(self.kernel), list(self.stride), list(self.dilation))
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        weight, bias = self._weights(dtype)
+        return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), weight, bias, list(self.padding),
+                                                       list(self.stride), list(self.dilation), self.groups,
+                                                       self.post_op, self.scalars, "")
+
+
+def _fusible(conv: nn.Module) -> bool:
+    """Plain zero-padded convolutions (timm's dynamic 'same' padding included), whose forward is known."""
+    plain = type(conv) is nn.Conv2d and not isinstance(conv.padding, str) and conv.padding_mode == "zeros"
+    return plain or type(conv) is Conv2dSame
+
+
+def fuse_conv_activations(model: nn.Module, example: Tensor, rtol: float = 1e-3) -> int:
+    """Replace every convolution followed only by an in-place ReLU, ReLU6 or SiLU with one ``ConvActivation``,
+    in place; returns how many. For inference on a CPU with oneDNN (``torch.backends.mkldnn``): call it last,
+    after folding norms and choosing the memory format. Checked against the unfused output like
+    ``fold_batch_norms``."""
+    if model.training:
+        raise ValueError("fuse_conv_activations needs a model in eval mode")
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    with torch.no_grad(), true_fp32():
+        before = model(example)
+    pairs = [(conv, act, _post_op(act)) for conv, act in _conv_pairs(model, example, ACTIVATIONS)]
+    fused = [(conv, act, op) for conv, act, op in pairs if op is not None and _fusible(conv)]
+    for conv, act, (post_op, scalars) in fused:
+        _replace(model, conv, ConvActivation(conv, post_op, scalars))
+        _replace(model, act, nn.Identity())
+    _check_unchanged(model, example, before, rtol, "fusing activations")
+    return len(fused)
 
 
 def _flat(output: Tensor | dict | list | tuple) -> list[Tensor]:

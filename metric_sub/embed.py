@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataset.errors import Issue, IssueLog
-from dataset.fuse import example_images, fold_batch_norms
+from dataset.fuse import example_images, fold_batch_norms, fuse_conv_activations
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
@@ -60,12 +60,13 @@ class ModelRunner:
     model: Embedder
     device: torch.device
     weights: str | None = None
-    fold_norms: bool = True
-    """Fold the backbone's batch norms into its convolutions, in place (``dataset.fuse``); off while training."""
+    fuse: bool = True
+    """Fold the backbone's batch norms into its convolutions and, on a CPU, its activations too, in place
+    (``dataset.fuse``); off while training."""
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)
-        if self.fold_norms:
+        if self.fuse:
             fold_batch_norms(self.model.backbone, example_images(self.device))
         settings = self.config.embed
         cuda = self.device.type == "cuda"
@@ -73,6 +74,8 @@ class ModelRunner:
         self.channels_last = settings.channels_last and channels_last_pays(self.device, self.dtype)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.fuse and self.device.type == "cpu":
+            fuse_conv_activations(self.model.backbone, example_images(self.device))
         self.graphs = settings.cuda_graphs and cuda
         self.pad = settings.pad_batches and (settings.compile or self.graphs)
         self.forward = self.model

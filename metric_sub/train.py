@@ -61,7 +61,7 @@ class ValidationSet:
         """Recall of ``model`` in the precision it trains in (so a CPU run validates in float32 as it trains)."""
         settings = config.embed.model_copy(update={"compile": False, "cuda_graphs": False, "dtype": dtype,
                                                    "batch_size": config.train.val_batch_size})
-        runner = ModelRunner(config.model_copy(update={"embed": settings}), model, device, fold_norms=False)
+        runner = ModelRunner(config.model_copy(update={"embed": settings}), model, device, fuse=False)
         embeddings = runner.embed_crops(self.crops, [r.group for r in self.refs])
         model.train()
         return retrieval_report(embeddings, [r.kind for r in self.refs], [r.instance_id for r in self.refs])

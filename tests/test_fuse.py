@@ -1,13 +1,17 @@
-"""Folding batch norms into convolutions keeps every stage's output and leaves no norm behind."""
+"""Folding batch norms into convolutions, and activations on a CPU, keeps every stage's output."""
 from __future__ import annotations
 
 import pytest
 import torch
+from timm.layers.conv2d_same import Conv2dSame
+from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
 from bbox_sub.config import load_detector_config
+from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
-from dataset.fuse import NORMS, fold_batch_norms
+from dataset.fuse import NORMS, ConvActivation, fold_batch_norms, fuse_conv_activations
+from tests.support import seeded_tiny_detector
 from metric_sub.config import load_embedder_config
 from metric_sub.model import build_embedder
 
@@ -80,3 +84,79 @@ def test_a_norm_whose_input_is_shared_is_left_alone() -> None:
 def test_training_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)), torch.rand(1, 3, 8, 8))
+
+
+class _Activations(nn.Module):
+    """Each kind of convolution + activation pair (one pair run twice, as the RPN head runs per FPN level), and
+    the three that must stay apart: an activation not in place, one that follows two different convolutions,
+    and a convolution whose output also feeds a sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.norm_act = BatchNormAct2d(8, act_layer=nn.ReLU6)  # folds to the stem's bias, then ReLU6
+        self.same = Conv2dSame(8, 8, 3, stride=2, groups=8)
+        self.silu = nn.SiLU(inplace=True)
+        self.point = nn.Conv2d(8, 8, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.kept = nn.Conv2d(8, 8, 1)
+        self.not_in_place = nn.ReLU()
+        self.twice = nn.Conv2d(8, 8, 1)
+        self.twice_act = nn.ReLU(inplace=True)
+        self.left, self.right = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
+        self.shared = nn.ReLU(inplace=True)
+        self.summed = nn.Conv2d(8, 8, 1)
+        self.summed_act = nn.Hardtanh(-1.0, 1.0, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.point(self.silu(self.same(self.norm_act(self.stem(x))))))
+        x = self.not_in_place(self.kept(x))
+        x = self.twice_act(self.twice(x)) + self.twice_act(self.twice(x * 0.5))
+        x = self.shared(self.left(x)) + self.shared(self.right(x))
+        y = self.summed(x)
+        return y + self.summed_act(y.clone())
+
+
+def test_each_activation_kind_fuses_and_shared_or_copying_ones_stay() -> None:
+    model = _trained_looking(_Activations())
+    images = torch.rand(2, 3, 33, 47)  # odd sizes: 'same' padding on one side only
+    fold_batch_norms(model, torch.rand(1, 3, 16, 16))
+    with torch.no_grad():
+        before = model(images)
+    assert fuse_conv_activations(model, torch.rand(1, 3, 16, 16)) == 4
+    assert [type(m) for m in (model.stem, model.same, model.point, model.twice)] == [ConvActivation] * 4
+    assert [type(m) for m in (model.kept, model.left, model.right, model.summed)] == [nn.Conv2d] * 4
+    with torch.no_grad():
+        assert _close(before, model(images))
+
+
+def test_fused_convolutions_follow_cpu_autocast() -> None:
+    model = _trained_looking(_Activations())
+    fold_batch_norms(model, torch.rand(1, 3, 16, 16))
+    images = torch.rand(2, 3, 33, 47)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        before = model(images)
+    fuse_conv_activations(model, torch.rand(1, 3, 16, 16))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        after = model(images)
+    assert after.dtype == before.dtype == torch.bfloat16
+    assert (after.float() - before.float()).abs().max() <= 0.02 * before.float().abs().max()
+
+
+def test_fused_detector_finds_the_unfused_boxes() -> None:
+    """The whole CPU inference path (backbone, FPN and RPN head fused) against the same model unfused."""
+    fused = BatchDetector(seeded_tiny_detector(), torch.device("cpu"), "fp32")
+    plain = BatchDetector(seeded_tiny_detector(), torch.device("cpu"), "fp32", fuse=False)
+    assert any(isinstance(m, ConvActivation) for m in fused.model.backbone.modules())
+    assert any(isinstance(m, ConvActivation) for m in fused.model.rpn.head.modules())
+    frames = [torch.randint(0, 256, (160, 96, 3), generator=torch.Generator().manual_seed(i),
+                            dtype=torch.uint8).numpy() for i in range(2)]
+    for ours, theirs in zip(fused(frames, 128, 256), plain(frames, 128, 256)):
+        assert ours.boxes.shape == theirs.boxes.shape and len(ours.boxes) > 0
+        assert abs(ours.boxes - theirs.boxes).max() < 1e-2
+        assert abs(ours.scores - theirs.scores).max() < 1e-4
+
+
+def test_fusing_refuses_training_mode() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_conv_activations(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(inplace=True)), torch.rand(1, 3, 8, 8))
