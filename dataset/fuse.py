@@ -40,10 +40,12 @@ ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.SiLU)
 """Activations oneDNN runs as a convolution post-op (``nn.ReLU6`` is a Hardtanh)."""
 
 
-def _conv_pairs(model: nn.Module, example: Tensor, consumers: tuple[type, ...]) -> list[tuple[nn.Conv2d, nn.Module]]:
+def _conv_pairs(model: nn.Module, example: Tensor,
+                consumers: tuple[type, ...]) -> tuple[list[tuple[nn.Conv2d, nn.Module]], object]:
     """(convolution, consumer) pairs where, in a forward pass, every call of the consumer took exactly the output
     of a call of the convolution and every call of the convolution fed the consumer (a module shared across
-    FPN levels qualifies; one that follows two different convolutions cannot be merged into either)."""
+    FPN levels qualifies; one that follows two different convolutions cannot be merged into either); and that
+    pass's output (without TF32), the reference the changed model is checked against."""
     produced: dict[int, tuple[Tensor, nn.Conv2d]] = {}  # the tensor is held so that its id is not reused
     pairs: dict[tuple[int, int], tuple[nn.Conv2d, nn.Module]] = {}
     hits: Counter[tuple[int, int]] = Counter()
@@ -64,12 +66,12 @@ def _conv_pairs(model: nn.Module, example: Tensor, consumers: tuple[type, ...]) 
     handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_pre_hook(before_consumer) for m in model.modules() if isinstance(m, consumers)]
     try:
-        with torch.no_grad():
-            model(example)
+        with torch.no_grad(), true_fp32():
+            output = model(example)
     finally:
         for handle in handles:
             handle.remove()
-    return [pair for key, pair in pairs.items() if hits[key] == calls[key[0]] == calls[key[1]]]
+    return [pair for key, pair in pairs.items() if hits[key] == calls[key[0]] == calls[key[1]]], output
 
 
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> None:
@@ -115,10 +117,8 @@ def fold_batch_norms(model: nn.Module, example: Tensor, rtol: float = 1e-3) -> i
     """
     if model.training:
         raise ValueError("fold_batch_norms needs a model in eval mode")
-    with torch.no_grad(), true_fp32():
-        before = model(example)
-    pairs = [(conv, norm) for conv, norm in _conv_pairs(model, example, NORMS)
-             if conv.out_channels == norm.running_mean.numel()]
+    found, before = _conv_pairs(model, example, NORMS)
+    pairs = [(conv, norm) for conv, norm in found if conv.out_channels == norm.running_mean.numel()]
     for conv, norm in pairs:
         _fold(conv, norm)
         _replace(model, norm, _after_norm(norm))
@@ -195,9 +195,8 @@ def fuse_conv_activations(model: nn.Module, example: Tensor, rtol: float = 1e-3)
         raise ValueError("fuse_conv_activations needs a model in eval mode")
     if not torch.backends.mkldnn.is_available():
         return 0
-    with torch.no_grad(), true_fp32():
-        before = model(example)
-    pairs = [(conv, act, _post_op(act)) for conv, act in _conv_pairs(model, example, ACTIVATIONS)]
+    found, before = _conv_pairs(model, example, ACTIVATIONS)
+    pairs = [(conv, act, _post_op(act)) for conv, act in found]
     fused = [(conv, act, op) for conv, act, op in pairs if op is not None and _fusible(conv)]
     for conv, act, (post_op, scalars) in fused:
         _replace(model, conv, ConvActivation(conv, post_op, scalars))

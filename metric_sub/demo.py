@@ -61,9 +61,10 @@ def reusable(folder: Path, final: str, last: str, config: BaseModel) -> bool:
     """Whether ``folder`` holds final weights of ``config``. A folder whose checkpoints another config wrote
     (a rerun with other steps, or a demo version that trained another network) is cleared, so that training
     starts afresh instead of failing to load or resuming the other run; a killed run of this config resumes."""
-    if trained_with(folder / final, config):
+    written = {name: trained_with(folder / name, config) for name in (final, last) if (folder / name).is_file()}
+    if written.get(final):
         return True
-    if any(p.is_file() and not trained_with(p, config) for p in (folder / final, folder / last)):
+    if not all(written.values()):
         print(f"{folder} holds models of another config: training again", flush=True)
         shutil.rmtree(folder)
     return False
@@ -83,7 +84,8 @@ def run(out: Path, train_items: int, test_items: int, detector_steps: int | None
     det_cfg = load_detector_config("lite0", [*steps, *DETECTOR_SET])
     if not reusable(out / "detector", "model_final.pth", "last.pth", det_cfg):
         train_detector(det_cfg, [train_root], out / "detector", device="cpu")
-    emb_cfg = load_embedder_config("lite0", [*EMBEDDER_SET, f"train.epochs={max(embedder_epochs, 1)}"])
+    epochs = [f"train.epochs={embedder_epochs}"] if embedder_epochs else []
+    emb_cfg = load_embedder_config("lite0", [*EMBEDDER_SET, *epochs])
     if embedder_epochs and not reusable(out / "embedder", "best.pt", "last.pt", emb_cfg):
         Trainer(emb_cfg, [train_root], out / "embedder").run()
     det_weights = out / "detector" / "model_final.pth"
