@@ -181,11 +181,25 @@ def load_runner(config: EmbedderConfig, weights: Path | str | None, device: torc
     """
     model = build_embedder(config)
     if weights is not None:
-        state = load_checkpoint(weights)
-        model.load_state_dict(state.get("model", state))
+        load_trained_weights(model, config, weights)
     elif config.model.init == "random":
         raise ValueError(f"config {config.name!r} starts from random weights: give its trained checkpoint")
     return ModelRunner(config, model, device, str(weights) if weights else None)
+
+
+def load_trained_weights(model: Embedder, config: EmbedderConfig, weights: Path | str) -> None:
+    """Load a checkpoint whose network must be the config's; when it is not, say which model settings it
+    was trained with differ (training stores its config), rather than only which tensors do not fit."""
+    state = load_checkpoint(weights)
+    try:
+        model.load_state_dict(state.get("model", state))
+    except RuntimeError as error:
+        saved = (state.get("config") or {}).get("model", {})
+        own = config.model.model_dump(mode="json")
+        differ = ", ".join(f"model.{k}={v!r} (config: {own[k]!r})" for k, v in saved.items()
+                           if k in own and own[k] != v)
+        why = f"it was trained with {differ}" if differ else str(error).splitlines()[0]
+        raise ValueError(f"{weights}: not a checkpoint of config {config.name!r}'s network: {why}") from None
 
 
 def fuse(blocks: Sequence[np.ndarray]) -> np.ndarray:

@@ -45,13 +45,12 @@ class Embedder(nn.Module):
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="",
                                           drop_path_rate=config.drop_path_rate)
+        if not config.conv_head:
+            drop_conv_head(self.backbone, config.backbone)
         self.pool = GeM(config.gem_p, learnable=config.pool == "gem")
         self.dropout = nn.Dropout(config.dropout)
         self.neck = nn.Linear(self.backbone.num_features, config.embedding_size, bias=False)
-        # A fixed projection rather than one from the global random stream: an untrained (zero-shot) Lite
-        # embedder is this projection of ImageNet features, and with an unseeded stream its retrieval
-        # recall moved by 0.03 from one process to the next.
-        nn.init.kaiming_uniform_(self.neck.weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(0))
+        init_neck(self.neck)
         self.bottleneck = nn.BatchNorm1d(config.embedding_size)
         data_config = timm.data.resolve_data_config({}, model=self.backbone)
         self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, 3, 1, 1) * 255.0, persistent=False)
@@ -75,6 +74,27 @@ class Embedder(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm fp32 embeddings; the model must be in eval mode."""
         return F.normalize(self(images).float(), dim=1)
+
+
+def drop_conv_head(backbone: nn.Module, name: str) -> None:
+    """Replace an EfficientNet's last 1x1 convolution and its norm with identities (``model.conv_head``)."""
+    if not isinstance(getattr(backbone, "conv_head", None), nn.Conv2d) or not hasattr(backbone, "bn2"):
+        raise ValueError(f"model.conv_head: false needs an EfficientNet-style backbone with a conv_head, "
+                         f"and {name!r} has none")
+    backbone.conv_head, backbone.bn2 = nn.Identity(), nn.Identity()
+    backbone.num_features = backbone.feature_info[-1]["num_chs"]
+
+
+def init_neck(neck: nn.Linear) -> None:
+    """A fixed initial projection rather than one from the global random stream: an untrained (zero-shot)
+    embedder is this projection of ImageNet features, and with an unseeded stream its retrieval recall moved
+    by 0.03 from one process to the next. A neck no wider than its output starts as an isometry (orthonormal
+    columns), so that the untrained embedder keeps the pooled features' cosines exactly."""
+    generator = torch.Generator().manual_seed(0)
+    if neck.in_features <= neck.out_features:
+        nn.init.orthogonal_(neck.weight, generator=generator)
+    else:
+        nn.init.kaiming_uniform_(neck.weight, a=math.sqrt(5), generator=generator)
 
 
 def build_embedder(config: EmbedderConfig) -> Embedder:

@@ -61,6 +61,29 @@ def test_untrained_lite_embedder_is_the_same_in_every_process() -> None:
     assert torch.equal(outputs[0], outputs[1])
 
 
+def test_without_conv_head_the_untrained_embedder_keeps_the_last_block_cosines() -> None:
+    """``model.conv_head: false``: GeM pools the last block's maps, and the neck, no wider than its output,
+    starts as an isometry, so an untrained model's cosines are those of the pooled ImageNet features."""
+    config = load_embedder_config("lite0", ["model.conv_head=false"])
+    model = build_embedder(config).eval()
+    assert model.neck.in_features == 320
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
+    load_lite_weights(reference, 0)
+    reference.eval()
+    images = torch.randint(0, 256, (4, 3, 96, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        maps = reference.blocks(reference.bn1(reference.conv_stem(model.normalise(images))))
+        pooled = F.normalize(model.pool(maps), dim=1)
+    embedded = model.embed(images)
+    assert torch.allclose(embedded @ embedded.T, pooled @ pooled.T, atol=1e-5)
+
+
+def test_conv_head_false_needs_a_backbone_that_has_one() -> None:
+    config = load_embedder_config("tiny", ["model.backbone=resnet18", "model.conv_head=false"])
+    with pytest.raises(ValueError, match="resnet18.*has none"):
+        build_embedder(config)
+
+
 def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loss.scale"):
         load_embedder_config("tiny", ["loss.scale=-1"])

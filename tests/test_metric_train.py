@@ -110,6 +110,17 @@ def test_embedding_run_is_unit_norm_deterministic_and_resumable(synth_roots: tup
     assert np.allclose(load_embeddings(tmp_path / "c")[0], embeddings, atol=1e-5)  # other batches, same rows
 
 
+def test_a_checkpoint_of_another_network_names_the_setting_that_differs(tmp_path: Path) -> None:
+    from metric_sub.model import build_embedder
+
+    trained = load_embedder_config("tiny", [*TINY, "model.embedding_size=32"])
+    checkpoint = tmp_path / "other.pt"
+    torch.save({"model": build_embedder(trained).state_dict(), "config": trained.model_dump(mode="json")},
+               checkpoint)
+    with pytest.raises(ValueError, match=r"other.pt.*model.embedding_size=32 \(config: 64\)"):
+        load_runner(load_embedder_config("tiny", TINY), checkpoint, torch.device("cpu"))
+
+
 def test_embed_cli_reads_detector_boxes(synth_roots: tuple[Path, Path], tmp_path: Path) -> None:
     data = load_dataset(synth_roots[1])
     item = next(iter(data.items.values()))
