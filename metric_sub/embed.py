@@ -179,7 +179,7 @@ def load_runner(config: EmbedderConfig, weights: Path | str | None, device: torc
     Initial weights are meaningful only for ImageNet-initialised configs
     (zero-shot retrieval); a random-init model without a checkpoint is refused.
     """
-    model = build_embedder(config)
+    model = build_embedder(config, trained=weights is not None)
     if weights is not None:
         load_trained_weights(model, config, weights)
     elif config.model.init == "random":
@@ -254,11 +254,17 @@ def _chunks(refs: Sequence[CropRef], sources_per_chunk: int) -> list[list[int]]:
             for k in range(0, len(sources), sources_per_chunk)]
 
 
+def vector_settings(config: EmbedderConfig) -> dict:
+    """The config values a model's vectors depend on: the network and the crop sizes, not how it trains or
+    batches."""
+    return config.model_dump(mode="json", exclude={"embed", "train"})
+
+
 def model_key(config: EmbedderConfig, weights: Path | str | None, device: torch.device) -> dict:
     """What a model's vectors depend on: the model, its weights and the precision it runs in on ``device``
     (bf16 moves them by about 1e-3), not the batch size or compilation."""
-    return {"config": config.model_dump(mode="json", exclude={"embed", "train"}),
-            "weights": file_stamp(weights or None), "dtype": effective_dtype(device, config.embed.dtype)}
+    return {"config": vector_settings(config), "weights": file_stamp(weights or None),
+            "dtype": effective_dtype(device, config.embed.dtype)}
 
 
 def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,

@@ -40,12 +40,14 @@ class GeM(nn.Module):
 
 
 class Embedder(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, trained: bool = True) -> None:
+        """``trained``: the model will be trained or loaded from a training checkpoint, rather than embed
+        with its pretrained weights as they are (which decides a default ``conv_head``)."""
         super().__init__()
         self.config = config
         self.backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0, global_pool="",
                                           drop_path_rate=config.drop_path_rate)
-        if not config.conv_head:
+        if not keeps_conv_head(config, trained, self.backbone):
             drop_conv_head(self.backbone, config.backbone)
         self.pool = GeM(config.gem_p, learnable=config.pool == "gem")
         self.dropout = nn.Dropout(config.dropout)
@@ -76,9 +78,20 @@ class Embedder(nn.Module):
         return F.normalize(self(images).float(), dim=1)
 
 
+def has_conv_head(backbone: nn.Module) -> bool:
+    return isinstance(getattr(backbone, "conv_head", None), nn.Conv2d) and hasattr(backbone, "bn2")
+
+
+def keeps_conv_head(config: ModelConfig, trained: bool, backbone: nn.Module) -> bool:
+    """``config.conv_head``, or by default: kept when trained, dropped for zero-shot use where there is one."""
+    if config.conv_head is not None:
+        return config.conv_head
+    return trained or not has_conv_head(backbone)
+
+
 def drop_conv_head(backbone: nn.Module, name: str) -> None:
     """Replace an EfficientNet's last 1x1 convolution and its norm with identities (``model.conv_head``)."""
-    if not isinstance(getattr(backbone, "conv_head", None), nn.Conv2d) or not hasattr(backbone, "bn2"):
+    if not has_conv_head(backbone):
         raise ValueError(f"model.conv_head: false needs an EfficientNet-style backbone with a conv_head, "
                          f"and {name!r} has none")
     backbone.conv_head, backbone.bn2 = nn.Identity(), nn.Identity()
@@ -97,9 +110,9 @@ def init_neck(neck: nn.Linear) -> None:
         nn.init.kaiming_uniform_(neck.weight, a=math.sqrt(5), generator=generator)
 
 
-def build_embedder(config: EmbedderConfig) -> Embedder:
-    """A model with the initial weights the config names (never downloaded)."""
-    model = Embedder(config.model)
+def build_embedder(config: EmbedderConfig, trained: bool = True) -> Embedder:
+    """A model with the initial weights the config names (never downloaded); ``trained`` as ``Embedder``'s."""
+    model = Embedder(config.model, trained)
     if config.model.init == "lite":
         load_lite_weights(model.backbone, int(config.model.backbone.removeprefix("tf_efficientnet_lite")))
     elif config.model.init == "file":

@@ -31,7 +31,7 @@ from dataset.images import image_size, read_image
 from dataset.runtime import pick_device
 from metric_sub.buckets import crop
 from metric_sub.config import load_embedder_config
-from metric_sub.embed import embed_crops, load_runner
+from metric_sub.embed import embed_crops, load_runner, vector_settings
 from metric_sub.match import load_match_config
 from service.batcher import Admission, MicroBatcher
 from service.errors import ApiError
@@ -71,7 +71,7 @@ class Engine:
         self.rules = load_match_config(settings.match, settings.match_set).vote
         self.matcher = GalleryMatcher(self.rules)
         self.models = {"detector": [det_cfg.name, _file_digest(settings.detector.weights)],
-                       "embedders": [[c.name, c.model.embedding_size, _file_digest(s.weights)]
+                       "embedders": [[c.name, vector_settings(c), _file_digest(s.weights)]
                                      for c, s in zip(embed_cfgs, settings.embedders)]}
         batching = settings.batching
         self.admission = Admission(batching.max_pending)

@@ -78,6 +78,21 @@ def test_without_conv_head_the_untrained_embedder_keeps_the_last_block_cosines()
     assert torch.allclose(embedded @ embedded.T, pooled @ pooled.T, atol=1e-5)
 
 
+@pytest.mark.parametrize(("setting", "trained", "width"), [
+    ("null", False, 320), ("null", True, 1280), ("true", False, 1280), ("false", True, 320)])
+def test_conv_head_by_default_is_kept_when_trained_and_dropped_for_zero_shot(setting: str, trained: bool,
+                                                                              width: int) -> None:
+    config = load_embedder_config("lite0", [f"model.conv_head={setting}"])
+    assert build_embedder(config, trained=trained).neck.in_features == width
+
+
+def test_a_zero_shot_runner_pools_the_last_block() -> None:
+    from metric_sub.embed import load_runner
+
+    runner = load_runner(load_embedder_config("lite0"), None, torch.device("cpu"))
+    assert runner.model.neck.in_features == 320
+
+
 def test_conv_head_false_needs_a_backbone_that_has_one() -> None:
     config = load_embedder_config("tiny", ["model.backbone=resnet18", "model.conv_head=false"])
     with pytest.raises(ValueError, match="resnet18.*has none"):
