@@ -9,7 +9,7 @@ from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from bbox_sub.aspect import ASPECT_TEMPLATES, aspect_group
 from bbox_sub.config import SEED_FRAMES, load_detector_config, shipped_configs
-from bbox_sub.model import build_detector
+from bbox_sub.model import ChannelsLastMLPHead, build_detector
 from bbox_sub.postprocess import dense_nms
 from dataset.config import ConfigError
 
@@ -145,6 +145,25 @@ def test_levelwise_box_features_match_torchvision() -> None:
         assert mine.keys() == theirs.keys()
         for key in mine:
             assert torch.allclose(mine[key].float(), theirs[key].float(), atol=1e-4)
+
+
+def test_box_head_reads_channels_last_rois_as_they_are() -> None:
+    """RoIs pooled in channels_last order give what their (C, y, x) copy gives, in float32 and bf16; the
+    reordered fc6 follows new weights, and training takes torchvision's path, with its gradients."""
+    torch.manual_seed(0)
+    head = ChannelsLastMLPHead(16 * 7 * 7, 32).eval()
+    pooled = torch.randn(5, 7, 7, 16).permute(0, 3, 1, 2)  # channels_last, as roi_gather pools
+    with torch.inference_mode():
+        assert torch.allclose(head(pooled), head(pooled.contiguous()), atol=1e-5)
+        with torch.autocast("cpu", torch.bfloat16):
+            low = head(pooled)
+        assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), head(pooled), atol=0.05, rtol=0.05)
+        head.load_state_dict({k: torch.randn_like(v) for k, v in head.state_dict().items()})
+        assert torch.allclose(head(pooled), head(pooled.contiguous()), atol=1e-4)
+        assert head(pooled[:0]).shape == (0, 32)
+    head.train()
+    head(pooled).sum().backward()
+    assert head.fc6.weight.grad is not None and head.fc6.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("max_pairs", [1 << 26, 5000])
