@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import ctypes
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from dataset.config import ConfigError, StrictModel, load_config
-from dataset.runtime import load_checkpoint, lr_factor, pick_device, save_checkpoint
+from dataset.runtime import keep_freed_memory, load_checkpoint, lr_factor, pick_device, save_checkpoint
 
 
 class Solver(StrictModel):
@@ -59,3 +61,27 @@ def test_checkpoint_round_trip_and_device(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_tensor_memory_stays_in_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``keep_freed_memory`` a freed 64 MB tensor is free heap memory, not unmapped; opting out is honoured."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        pytest.skip("not glibc 2.33+")
+    mallinfo2.restype = _MallInfo2
+    monkeypatch.setenv("SHOPMATCH_MALLOC", "system")
+    assert not keep_freed_memory()
+    monkeypatch.delenv("SHOPMATCH_MALLOC")
+    assert keep_freed_memory()
+    size = 64 << 20
+    tensor = torch.ones(size // 4)
+    assert mallinfo2().hblkhd < size  # not a mapping of its own
+    del tensor
+    assert mallinfo2().fordblks >= size
