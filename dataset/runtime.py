@@ -51,8 +51,8 @@ def keep_freed_memory() -> bool:
 
     glibc serves every block above 32 MB with its own ``mmap`` and unmaps it
     when freed, so each CPU forward pass page-faults its feature maps in
-    afresh: a third of a Lite2 detector call on 4 frames (0.79 s against
-    0.56 s with freed memory kept, bf16, 2-core CPU). Without ``mmap``
+    afresh: about a quarter of a Lite2 detector call on 4 frames (0.75 s
+    against 0.55 s with freed memory kept, bf16, 2-core CPU). Without ``mmap``
     (``M_MMAP_MAX`` 0) and without trimming, a process instead holds on to its
     peak memory. ``SHOPMATCH_MALLOC=system`` leaves the allocator as it is;
     other C libraries are left alone.

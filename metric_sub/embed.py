@@ -198,7 +198,9 @@ def load_trained_weights(model: Embedder, config: EmbedderConfig, weights: Path 
         own = config.model.model_dump(mode="json")
         differ = ", ".join(f"model.{k}={v!r} (config: {own[k]!r})" for k, v in saved.items()
                            if k in own and own[k] != v)
-        why = f"it was trained with {differ}" if differ else str(error).splitlines()[0]
+        # torch's message opens with a header line; the first mismatch follows it
+        lines = str(error).splitlines()
+        why = f"it was trained with {differ}" if differ else lines[min(1, len(lines) - 1)].strip()
         raise ValueError(f"{weights}: not a checkpoint of config {config.name!r}'s network: {why}") from None
 
 

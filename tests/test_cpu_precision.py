@@ -45,7 +45,6 @@ def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, native: bool
     assert (runner.dtype, runner.channels_last) == (("bf16", True) if native else ("fp32", False))
 
 
-
 def test_bf16_detector_features_are_close_to_fp32(bf16_cpu: None) -> None:
     images = torch.rand(2, 3, 256, 448)
     fp32 = BatchDetector(seeded_tiny_detector(), CPU, "fp32")

@@ -119,6 +119,9 @@ def test_a_checkpoint_of_another_network_names_the_setting_that_differs(tmp_path
                checkpoint)
     with pytest.raises(ValueError, match=r"other.pt.*model.embedding_size=32 \(config: 64\)"):
         load_runner(load_embedder_config("tiny", TINY), checkpoint, torch.device("cpu"))
+    torch.save({"model": build_embedder(trained).state_dict()}, checkpoint)  # no config stored
+    with pytest.raises(ValueError, match=r"other.pt.*size mismatch for neck.weight"):
+        load_runner(load_embedder_config("tiny", TINY), checkpoint, torch.device("cpu"))
 
 
 def test_embed_cli_reads_detector_boxes(synth_roots: tuple[Path, Path], tmp_path: Path) -> None:
