@@ -5,7 +5,9 @@ decoded once here and shared, instead of re-seeking the file per frame and per
 model. Two backends give the same pixels on H.264 clips (the tests check it):
 
 * ``decord`` (the ``decord2`` package): seeks to the keyframe before each wanted
-  frame and decodes only what it must; returns RGB directly.
+  frame and decodes only what it must; returns RGB directly. Frames are taken
+  one at a time, which also lets rows padded by FFmpeg be cut back to the
+  frame's width (``_dense_rgb``), so every width decodes on every CPU.
 * ``opencv``: one ``cv2.VideoCapture`` that ``grab()``s every frame up to the
   last wanted one and converts (``retrieve()``) only the wanted ones. Seeking
   with ``CAP_PROP_POS_FRAMES`` would re-decode from the keyframe for every
@@ -26,9 +28,7 @@ the first frame it cannot decode and reports every later wanted frame missing
 decode are concealed by FFmpeg in both backends and cannot be detected here.
 
 Both backends apply a clip's rotation metadata (frames come out upright, as
-a player shows them). decord2 3.4 fails on a few narrow frame widths (32, 48
-and 96 pixels among those tried; every contest size works) with a buffer-size
-error; ``auto`` then reads the clip with OpenCV.
+a player shows them).
 """
 from __future__ import annotations
 
@@ -210,15 +210,34 @@ def _read_decord(path: Path, wanted: list[int], num_threads: int) -> ClipFrames:
         fps = float(reader.get_avg_fps())
         present = [i for i in wanted if i < num_frames]
         # Frame 0 stands in when nothing wanted is present: it validates the file and gives the size.
-        batch = reader.get_batch(present or [0]).asnumpy()
+        raw = [reader[i].asnumpy() for i in (present or [0])]
     except errors as exc:
         raise VideoError(path, f"decoding failed ({_decord_problem(exc, path)})") from exc
-    if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype != np.uint8:
-        raise VideoError(path, f"decoder returned frames of shape {batch.shape} {batch.dtype}")
-    height, width = batch.shape[1:3]
-    frames = list(batch) if present else []
+    decoded = [_dense_rgb(frame, path) for frame in raw]
+    height, width = decoded[0].shape[:2]
+    frames = decoded if present else []
     return ClipFrames(path, present, frames, [i for i in wanted if i >= num_frames],
                       num_frames, fps, width, height, "decord")
+
+
+def _dense_rgb(frame: np.ndarray, path: Path) -> np.ndarray:
+    """One decord frame as dense ``(height, width, 3)`` RGB, dropping the row padding FFmpeg may leave.
+
+    FFmpeg pads a frame's rows to a SIMD-friendly stride for some widths (which
+    ones depends on the CPU's vector width); decord then labels the padded rows
+    ``(height, width, stride // width)``, and its batch copy refuses them.
+    Reading frame by frame and cutting each row to ``3 * width`` bytes gives
+    the same pixels as OpenCV at every width.
+    """
+    if frame.ndim != 3 or frame.dtype != np.uint8:
+        raise VideoError(path, f"decoder returned a frame of shape {frame.shape} {frame.dtype}")
+    height, width, channels = frame.shape
+    if channels == 3:
+        return frame
+    rows = frame.reshape(height, -1)
+    if rows.shape[1] < 3 * width:
+        raise VideoError(path, f"decoder returned rows of {rows.shape[1]} bytes for {width} RGB pixels")
+    return np.ascontiguousarray(rows[:, :3 * width]).reshape(height, width, 3)
 
 
 def _open_opencv(path: Path, num_threads: int) -> cv2.VideoCapture:
