@@ -84,16 +84,36 @@ def true_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+# oneDNN's ISA names from the least to the most capable; bf16 runs natively from AVX512_CORE_BF16 on.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16).
+    """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16) and may use it.
 
-    There oneDNN runs bf16 convolutions four to five times faster than
-    float32; without those instructions bf16 would be emulated, so autocast
-    stays off rather than slowing the CPU down.
+    There oneDNN runs bf16 convolutions several times faster than float32;
+    without those instructions oneDNN's bf16 convolutions are slower, or
+    refused outright on CPUs without AVX-512 (AVX2-only AMD and Intel parts),
+    so autocast stays off. The hardware answer is lowered by the limits a user
+    sets for torch and oneDNN (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``),
+    which is how the float32-only path is run on a CPU that has bf16.
     """
     checks = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
-    return any(check is not None and check() for check in checks)
+    hardware = any(check is not None and check() for check in checks)
+    return hardware and torch.backends.cpu.get_cpu_capability() == "AVX512" and onednn_isa_allows_bf16()
+
+
+def onednn_isa_allows_bf16() -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (unset, ``ALL`` or ``DEFAULT`` allow everything) admits native bf16."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
+    if limit in ("", "ALL", "DEFAULT"):
+        return True
+    if limit not in ONEDNN_ISAS:
+        return False
+    return ONEDNN_ISAS.index(limit) >= ONEDNN_ISAS.index("AVX512_CORE_BF16")
 
 
 def autocast_dtype(device: torch.device, dtype: str = "bf16") -> torch.dtype | None:

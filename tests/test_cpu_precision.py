@@ -1,9 +1,16 @@
 """bf16 on the CPU: chosen by the CPU's instructions, and close to float32 where it runs.
 
-Each test fixes what ``cpu_has_bf16`` answers, so both branches run on any
-machine (a CPU without bf16 instructions emulates it: slower, same rounding).
+The choice itself is tested for both answers of ``cpu_has_bf16`` on any
+machine. bf16 numerics run where the product's own check says this CPU runs
+bf16: oneDNN refuses bf16 convolutions on CPUs without AVX-512, so forcing it
+there would test a path the product never takes.
 """
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,12 +27,34 @@ from metric_sub.embed import ModelRunner
 from metric_sub.model import build_embedder
 from support import seeded_tiny_detector
 
+pytestmark = pytest.mark.cpu_kernels
+
 CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+def bf16_cpu() -> None:
+    if not runtime.cpu_has_bf16():
+        pytest.skip("this CPU runs float32 (no AMX/AVX512-BF16, or limited by ATEN_CPU_CAPABILITY/ONEDNN_MAX_CPU_ISA)")
+
+
+@pytest.mark.parametrize("limit, allowed", [("", True), ("ALL", True), ("avx2", False), ("AVX512_CORE", False),
+                                            ("AVX512_CORE_BF16", True), ("avx512_core_amx", True),
+                                            ("NOT_AN_ISA", False)])
+def test_onednn_isa_limit_decides_bf16(monkeypatch: pytest.MonkeyPatch, limit: str, allowed: bool) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+    assert runtime.onednn_isa_allows_bf16() is allowed
+
+
+@pytest.mark.parametrize("variable, value", [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")])
+def test_an_avx2_limit_turns_bf16_off_on_any_cpu(variable: str, value: str) -> None:
+    """What an AVX2-only CPU runs, reproduced on any CPU by the limit torch and oneDNN read at start-up."""
+    code = ("import torch; from dataset.runtime import cpu_has_bf16, effective_dtype; "
+            "print(cpu_has_bf16(), effective_dtype(torch.device('cpu'), 'bf16'))")
+    env = {**os.environ, variable: value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["False", "fp32"]
 
 
 @pytest.mark.parametrize("native", [True, False])

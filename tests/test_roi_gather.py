@@ -9,6 +9,8 @@ from bbox_sub import roi_gather
 from bbox_sub.model import LevelRoIAlign
 from bbox_sub.roi_gather import roi_align_gather
 
+pytestmark = pytest.mark.cpu_kernels
+
 
 def _rois(count: int, images: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
     """Boxes of every kind: inside, straddling each edge, past the far edges, and thinner than a pixel."""
