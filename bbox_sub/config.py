@@ -28,6 +28,10 @@ class ModelConfig(StrictModel):
     backbone_weights: Path | None = None
     """A state_dict for the timm ``features_only`` backbone (e.g. ImageNet VoVNet), loaded instead of random init."""
     norm: Literal["frozen", "sync", "batch"] = "frozen"
+    freeze_at: int = Field(default=0, ge=0, le=5)
+    """Backbone stages kept fixed in training, as detectron2's ``FREEZE_AT``: 0 trains every layer, 1 freezes
+    the stem (everything before the first FPN level's stage), k > 1 also the stages of the first k - 1 levels.
+    Early layers run at the highest resolution, so freezing them saves much of the backward pass."""
     fpn_channels: int = 256
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     """RGB, in 0..255 units."""

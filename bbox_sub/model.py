@@ -49,6 +49,31 @@ def _load_backbone_file(body: nn.Module, path: Path) -> None:
         raise RuntimeError(f"{path}: backbone weights lack {len(missing)} tensors, e.g. {missing[:3]}")
 
 
+def freeze_stages(body: nn.Module, freeze_at: int) -> int:
+    """Stop gradients through the first ``freeze_at`` stages of a timm ``features_only`` backbone (see
+    ``ModelConfig.freeze_at``); returns how many parameter tensors were frozen.
+
+    Parameters are registered in the order the layers run, so a stage boundary is the last parameter
+    of the module that timm's ``feature_info`` names for that level.
+    """
+    if freeze_at == 0:
+        return 0
+    modules = body.feature_info.module_name()
+    if freeze_at > len(modules) + 1:
+        raise ValueError(f"freeze_at={freeze_at}: this backbone has a stem and {len(modules)} stages")
+    children = dict(body.named_modules())
+    prefixes = [name if name in children else name.replace(".", "_") for name in modules]
+    names = [name for name, _ in body.named_parameters()]
+    if freeze_at == 1:
+        end = next(i for i, name in enumerate(names) if name.startswith(prefixes[0] + "."))
+    else:
+        end = 1 + max(i for i, name in enumerate(names) if name.startswith(prefixes[freeze_at - 2] + "."))
+    params = dict(body.named_parameters())
+    for name in names[:end]:
+        params[name].requires_grad_(False)
+    return end
+
+
 class TimmFPN(nn.Module):
     """A timm ``features_only`` backbone (strides 4-32) with an FPN and a P6 max-pool level."""
 
@@ -66,6 +91,7 @@ class TimmFPN(nn.Module):
             body = freeze_batch_norm_2d(body)
         elif cfg.norm == "sync":
             body = convert_sync_batchnorm(body)
+        freeze_stages(body, cfg.freeze_at)
         self.body = body
         self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), cfg.fpn_channels,
                                          extra_blocks=LastLevelMaxPool())

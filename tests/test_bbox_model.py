@@ -13,6 +13,8 @@ from bbox_sub.model import ChannelsLastMLPHead, build_detector
 from bbox_sub.postprocess import dense_nms
 from dataset.config import ConfigError
 
+pytestmark = pytest.mark.cpu_kernels
+
 
 @pytest.mark.parametrize("name", ["seed_vovnet99", "vovnet39", "lite2", "lite0", "tiny"])
 def test_every_config_builds_offline(name: str) -> None:
@@ -188,3 +190,25 @@ def test_aspect_groups_follow_the_seed_templates() -> None:
     assert aspect_group([0, 0, 10, 100]) == 0
     assert aspect_group([0, 0, 300, 100]) == 11
     assert aspect_group(0.57) == 4
+
+
+@pytest.mark.parametrize("name", ["lite0", "tiny"])
+def test_freeze_at_stops_gradients_through_the_first_stages(name: str) -> None:
+    """detectron2's FREEZE_AT on a timm backbone: the frozen prefix grows with each level and gets no gradient."""
+    frozen = []
+    for freeze_at in range(6):
+        model = build_detector(load_detector_config(name, [f"model.freeze_at={freeze_at}"]).model)
+        body = model.backbone.body
+        flags = [p.requires_grad for p in body.parameters()]
+        count = flags.count(False)
+        assert flags == [False] * count + [True] * (len(flags) - count)  # a prefix, in the order layers run
+        frozen.append(count)
+    assert frozen[0] == 0 and all(a < b for a, b in zip(frozen, frozen[1:]))
+    model = build_detector(load_detector_config(name, ["model.freeze_at=2"]).model).train()
+    images = model.preprocess([torch.rand(3, 96, 128) * 255], False)
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 80.0]]), "labels": torch.tensor([1])}]
+    sum(model(images, targets).values()).backward()
+    params = list(model.backbone.body.parameters())
+    assert all(p.grad is None for p in params[:frozen[2]]) and all(p.grad is not None for p in params[frozen[2]:])
+    with pytest.raises(ConfigError):
+        load_detector_config(name, ["model.freeze_at=-1"])
