@@ -1,6 +1,7 @@
 """Image file I/O at the boundary where OpenCV's BGR becomes the project's RGB."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -8,6 +9,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dataset.errors import ImageError
+
+
+class ImageTooLarge(ImageError):
+    """A header claiming more pixels than a reader should ever decode; callers refuse it by size, not as corrupt."""
 
 
 def read_image(path: Path | str) -> np.ndarray:
@@ -18,7 +23,11 @@ def read_image(path: Path | str) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV refuses a header claiming more pixels than its limit: a decompression bomb
+        raise ImageTooLarge(path, "header claims more pixels than the decoder's limit "
+                                  "(a decompression bomb?)") from None
     if image is None:
         raise ImageError(path, "not a decodable image (corrupt or unsupported format)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -32,8 +41,12 @@ def image_size(path: Path | str) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
+    except Image.DecompressionBombError as exc:  # not an OSError: PIL's guard against a header's huge claim
+        claimed = re.search(r"\d+ pixels", str(exc))
+        raise ImageTooLarge(path, f"header claims {claimed.group(0) if claimed else 'too many pixels'}, over "
+                                  "the decoder's limit (a decompression bomb?)") from None
     except (OSError, UnidentifiedImageError) as exc:
-        raise ImageError(path, f"not a readable image: {exc}") from None
+        raise ImageError(path, f"not a readable image: {str(exc).replace(str(path), path.name)}") from None
 
 
 def write_image(path: Path | str, image: np.ndarray, quality: int = 92) -> Path:
