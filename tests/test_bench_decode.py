@@ -34,10 +34,12 @@ def test_decode_benchmark_smoke(tmp_path: Path) -> None:
     assert result["extra"]["sample_indices"] == list(range(12, 60, 3))
     rows = result["rows"]
     assert {r["size"] for r in rows} == {"64x112", "128x72"}
-    methods = {"decord", "opencv-sequential", "opencv-seek", "decord-all", "opencv-all"}
+    methods = {"decord", "decord-batch", "opencv-sequential", "opencv-seek", "decord-all", "opencv-all"}
     assert {r["method"] for r in rows} == methods
-    assert all(r["same_pixels"] and r["frames_per_s"] > 0 for r in rows)
-    assert {r["frames"] for r in rows if r["method"].endswith("-all")} == {60}
+    timed = [r for r in rows if "refused" not in r]  # decord's batch copy refuses some widths on some CPUs
+    assert {r["method"] for r in rows if "refused" in r} <= {"decord-batch", "decord-all"}
+    assert all(r["same_pixels"] and r["frames_per_s"] > 0 for r in timed)
+    assert {r["frames"] for r in timed if r["method"].endswith("-all")} == {60}
 
 
 def test_sample_indices_match_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
