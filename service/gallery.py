@@ -258,52 +258,61 @@ class GalleryStore:
 
     def put(self, sources: list[SourceBoxes]) -> Snapshot:
         """Add entries, replacing any with the same kind and id, in one atomic change."""
-        return self._change({(s.kind, s.source_id) for s in sources}, sources)
+        return self.upsert(sources)[0]
+
+    def upsert(self, sources: list[SourceBoxes]) -> tuple[Snapshot, set[tuple[str, str]]]:
+        """``put``, and which of the keys it replaced: decided under the lock the change commits under, so of
+        two concurrent puts of one new id one adds and the other replaces."""
+        keys = {(s.kind, s.source_id) for s in sources}
+        with self._lock:
+            replaced = keys & self.snapshot.entries.keys()
+            return self._change(keys, sources), replaced
 
     def delete(self, kind: Kind, source_id: str) -> Entry:
-        """Remove one entry; ``KeyError`` when it is not in the gallery."""
+        """Remove one entry; ``KeyError`` when it is not in the gallery (checked under the change's lock)."""
         with self._lock:
             entry = self.snapshot.entries.get((kind, source_id))
-        if entry is None:
-            raise KeyError((kind, source_id))
-        self._change({(kind, source_id)}, [])
+            if entry is None:
+                raise KeyError((kind, source_id))
+            self._change({(kind, source_id)}, [])
         return entry
 
     def replace_all(self, sources: list[SourceBoxes]) -> Snapshot:
         """Make the gallery exactly ``sources`` (a rebuild), in one atomic change."""
-        return self._change(None, sources)
+        with self._lock:
+            return self._change(None, sources)
 
     def _change(self, removed: set[tuple[str, str]] | None, added: list[SourceBoxes]) -> Snapshot:
-        with self._lock:
-            old = self.snapshot
-            keeps = {}
-            for kind in KINDS:
-                gone = [s for k, s in removed or () if k == kind]
-                source = old.sides[kind].table.source
-                keeps[kind] = np.zeros(len(source), bool) if removed is None else ~np.isin(source, gone)
-            next_id = int(self._meta("next_id") or 0)
-            new_ids = np.arange(next_id, next_id + sum(len(s.boxes) for s in added), dtype=np.int64)
-            next_id += len(new_ids)
-            ids_of = np.split(new_ids, np.cumsum([len(s.boxes) for s in added])[:-1]) if added else []
-            sides = {kind: self._next_side(old.sides[kind], keeps[kind],
-                                           [s for s in added if s.kind == kind],
-                                           [i for s, i in zip(added, ids_of) if s.kind == kind])
-                     for kind in KINDS}
-            generation = old.generation + 1
-            # replace_all starts from no segments: every old vector dies
-            segments = self._next_segments(generation, sides, new_ids, [] if removed is None else self.segments)
-            try:
-                self._commit(removed, added, new_ids, generation, segments, next_id)
-            except BaseException:
-                for written in set(segments) - set(self.segments):  # only this change's file: a fresh
-                    (self.data_dir / written.file).unlink(missing_ok=True)  # store's list omits committed ones
-                raise
-            self.segments = segments
-            self.snapshot = Snapshot(generation, self.dim, self._entries(), sides)
-            if self.on_change is not None:
-                self.on_change(self.snapshot)
-            self._remove_orphans()
-            return self.snapshot
+        """One atomic change; the caller holds ``_lock``."""
+        old = self.snapshot
+        keeps = {}
+        for kind in KINDS:
+            gone = [s for k, s in removed or () if k == kind]
+            source = old.sides[kind].table.source
+            keeps[kind] = np.zeros(len(source), bool) if removed is None else ~np.isin(source, gone)
+        next_id = int(self._meta("next_id") or 0)
+        new_ids = np.arange(next_id, next_id + sum(len(s.boxes) for s in added), dtype=np.int64)
+        next_id += len(new_ids)
+        ids_of = np.split(new_ids, np.cumsum([len(s.boxes) for s in added])[:-1]) if added else []
+        sides = {kind: self._next_side(old.sides[kind], keeps[kind],
+                                       [s for s in added if s.kind == kind],
+                                       [i for s, i in zip(added, ids_of) if s.kind == kind])
+                 for kind in KINDS}
+        generation = old.generation + 1
+        # replace_all starts from no segments: every old vector dies
+        segments = self._next_segments(generation, sides, new_ids, [] if removed is None else self.segments)
+        try:
+            self._commit(removed, added, new_ids, generation, segments, next_id)
+        except BaseException:
+            for written in set(segments) - set(self.segments):  # only this change's file: a fresh
+                (self.data_dir / written.file).unlink(missing_ok=True)  # store's list omits committed ones
+            raise
+        self.segments = segments
+        self.snapshot = Snapshot(generation, self.dim, self._entries(), sides)
+        if self.on_change is not None:
+            self.on_change(self.snapshot)
+        self._remove_orphans()
+        return self.snapshot
 
     def _next_segments(self, generation: int, sides: dict[str, Side], new_ids: np.ndarray,
                        base: list[Segment]) -> list[Segment]:
