@@ -42,6 +42,7 @@ async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple
     issues = IssueLog()
     data = load_dataset(root, issues)
     engine = Engine(settings, Metrics())
+    engine.wait_for_pixels = True  # sources embedded together wait for room in the pixel budget, not fail
     store = GalleryStore(settings.data_dir, engine.dim, engine.models, str(engine.device), fresh=True)
     skipped = [str(issue) for issue in issues.errors]
     gate = asyncio.Semaphore(concurrency)

@@ -5,9 +5,10 @@ an accelerator, so crops from requests that arrive together are run in one
 call: the first job of a batch waits at most ``max_wait_s`` for others with
 the same key (same picture size, same model settings) to join, then one
 worker thread runs the model off the event loop and hands each job its rows.
-The queue of waiting jobs and the number of requests admitted to model work
-are both bounded: past the bound a request is refused at once (503 with
-Retry-After) instead of piling up pixels in memory.
+The queue of waiting jobs, the number of requests admitted to model work,
+their expected wait (a latency budget) and the decoded pixels they hold are
+all bounded: past a bound a request is refused at once (503 with
+Retry-After) instead of piling up pixels in memory or waiting without end.
 """
 from __future__ import annotations
 
@@ -15,15 +16,21 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 
 class Overloaded(Exception):
-    """More work is waiting than the configured bound allows."""
+    """More work is waiting than a configured bound allows; ``code`` names the bound, ``retry_after`` (seconds)
+    is when it may have room again, where that can be estimated."""
+
+    def __init__(self, message: str, code: str = "overloaded", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -134,21 +141,81 @@ class MicroBatcher:
 
 
 class Admission:
-    """At most ``limit`` requests doing model work at once; the next one is refused, not queued."""
+    """At most ``limit`` requests doing model work at once, and none expected to wait longer than ``max_wait_s``.
 
-    def __init__(self, limit: int) -> None:
+    A request's expected wait is the requests in progress times the recent model time per request: a finished
+    request's time in its slot divided by how many requests shared the server with it (Little's law), over the
+    last ``window`` requests. A refused request is not queued; nothing measured yet means no wait expected.
+    """
+
+    def __init__(self, limit: int, max_wait_s: float | None = None, window: int = 32) -> None:
         self.limit = limit
+        self.max_wait_s = max_wait_s
         self.active = 0
+        self._costs: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
+    def expected_wait(self) -> float:
+        """Seconds a request admitted now would wait behind the ones in progress."""
+        with self._lock:
+            return self._expected_wait()
+
+    def _expected_wait(self) -> float:
+        return self.active * sum(self._costs) / len(self._costs) if self._costs else 0.0
+
+    def _admit(self) -> int:
         with self._lock:
             if self.active >= self.limit:
                 raise Overloaded(f"{self.active} requests in progress (limit {self.limit})")
+            wait = self._expected_wait()
+            if self.max_wait_s is not None and wait > self.max_wait_s:
+                raise Overloaded(f"expected wait {wait:.1f} s behind {self.active} requests in progress is over "
+                                 f"the budget of {self.max_wait_s:g} s", "queue_wait", wait)
             self.active += 1
+            return self.active
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        sharing = self._admit()
+        started = time.monotonic()
+        finished = False
+        try:
+            yield
+            finished = True
+        finally:
+            seconds = time.monotonic() - started
+            with self._lock:
+                if finished:  # refusals and failures did no full model work: they would flatter the estimate
+                    self._costs.append(seconds / max(sharing, self.active))
+                self.active -= 1
+
+
+class PixelBudget:
+    """Decoded pixels of the requests in progress, bounded: what bounds the memory requests take together.
+
+    A request over what is left is refused (503) at once, or with ``wait`` (the offline rebuild) waits for
+    room; a single request larger than the whole budget is a caller's error (refused earlier by size).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int, wait: bool = False) -> AsyncIterator[None]:
+        if pixels > self.limit:
+            raise ValueError(f"{pixels} pixels can never fit the budget of {self.limit}")
+        async with self._freed:
+            if wait:
+                await self._freed.wait_for(lambda: self.used + pixels <= self.limit)
+            elif self.used + pixels > self.limit:
+                raise Overloaded(f"{self.used} pixels are being decoded for other requests; this one needs "
+                                 f"{pixels} more and the server's budget is {self.limit}", "pixels_in_flight")
+            self.used += pixels
         try:
             yield
         finally:
-            with self._lock:
-                self.active -= 1
+            async with self._freed:
+                self.used -= pixels
+                self._freed.notify_all()

@@ -27,13 +27,13 @@ from bbox_sub.infer import box_records
 from bbox_sub.model import load_detector
 from dataset.errors import DataError
 from dataset.frames import probe, read_frames
-from dataset.images import image_size, read_image
+from dataset.images import ImageTooLarge, image_size, read_image
 from dataset.runtime import pick_device
 from metric_sub.buckets import crop
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import embed_crops, load_runner, vector_settings
 from metric_sub.match import load_match_config
-from service.batcher import Admission, MicroBatcher
+from service.batcher import Admission, MicroBatcher, PixelBudget
 from service.errors import ApiError
 from service.gallery import Kind, Snapshot, SourceBoxes
 from service.matcher import GalleryMatcher
@@ -49,6 +49,11 @@ def _file_digest(path: Path | None) -> str | None:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _problem(exc: DataError, path: Path) -> str:
+    """A reader's problem with the file's folder taken out: answers name files, never server paths."""
+    return exc.problem.replace(str(path), path.name).replace(f"{path.parent}/", "")
 
 
 class Engine:
@@ -74,7 +79,10 @@ class Engine:
                        "embedders": [[c.name, vector_settings(c), _file_digest(s.weights)]
                                      for c, s in zip(embed_cfgs, settings.embedders)]}
         batching = settings.batching
-        self.admission = Admission(batching.max_pending)
+        self.admission = Admission(batching.max_pending, batching.max_queue_wait_s)
+        self.pixels = PixelBudget(settings.limits.max_pixels_in_flight)
+        self.wait_for_pixels = False
+        """Wait for room in the pixel budget instead of refusing (the offline rebuild, which has no client)."""
         self.io = ThreadPoolExecutor(batching.decode_workers, thread_name_prefix="decode")
 
         def observer(model: str):
@@ -108,58 +116,95 @@ class Engine:
         rows = await self.embed_batcher.run(None, crops)
         return np.asarray(rows, np.float32).reshape(-1, self.dim)
 
-    async def embed_item(self, source_id: str, files: Sequence[Path], origin: str,
-                         strict: bool = True) -> SourceBoxes:
-        """Boxes and vectors of a shop-image folder; ``strict`` refuses any unreadable file, else skips it."""
-        if len(files) > self.limits.max_images:
-            raise ApiError(422, "too_many_images", f"{len(files)} images; the limit is {self.limits.max_images}")
-        pictures, names, skipped = [], [], []
+    def _check_request_pixels(self, pixels: int, what: str) -> None:
+        if pixels > self.limits.max_request_pixels:
+            raise ApiError(413, "too_many_pixels", f"{what} come to {pixels} pixels; the limit of one request is "
+                                                   f"{self.limits.max_request_pixels} pixels")
+
+    def _image_sizes(self, files: Sequence[Path], strict: bool) -> tuple[list[tuple[Path, int]], list[str]]:
+        """Each readable image with its pixel count from the header alone, and the skipped ones: nothing decoded."""
+        sized, skipped = [], []
         for path in files:
             try:
                 width, height = image_size(path)
-                if width * height > self.limits.max_image_pixels:
-                    raise ApiError(422, "image_too_large", f"{path.name}: {width}x{height} pixels; the limit is "
-                                                           f"{self.limits.max_image_pixels} pixels")
-                pictures.append(await self._in_thread(read_image, path))
-                names.append(path.stem)
+            except ImageTooLarge as exc:
+                raise ApiError(422, "image_too_large", f"{path.name}: {_problem(exc, path)}") from None
             except DataError as exc:
                 if strict:
-                    raise ApiError(422, "corrupt_file", f"{path.name}: {exc.problem}") from None
-                skipped.append(f"{path.name}: {exc.problem}")
-        if not pictures:
-            raise ApiError(422, "corrupt_file", "no readable image: " + "; ".join(skipped))
-        found = await self.detect_batcher.run((self.infer.image_short_side, self.infer.image_max_size), pictures)
-        records = []
-        for n, (picture, detections) in enumerate(zip(pictures, found)):
-            records += box_records(detections, self.infer.image_score_thresh, picture.shape[1], picture.shape[0],
-                                   {"picture": n, "name": names[n], "frame": -1})
-        return await self._source("item", source_id, origin, records, pictures, skipped)
+                    raise ApiError(422, "corrupt_file", f"{path.name}: {_problem(exc, path)}") from None
+                skipped.append(f"{path.name}: {_problem(exc, path)}")
+                continue
+            if width * height > self.limits.max_image_pixels:
+                raise ApiError(422, "image_too_large", f"{path.name}: {width}x{height} pixels; the limit is "
+                                                       f"{self.limits.max_image_pixels} pixels")
+            sized.append((path, width * height))
+        return sized, skipped
+
+    async def embed_item(self, source_id: str, files: Sequence[Path], origin: str,
+                         strict: bool = True) -> SourceBoxes:
+        """Boxes and vectors of a shop-image folder; ``strict`` refuses any unreadable file, else skips it.
+
+        Sizes come from the headers first: a request over the pixel limits is refused before any decoding.
+        """
+        if len(files) > self.limits.max_images:
+            raise ApiError(422, "too_many_images", f"{len(files)} images; the limit is {self.limits.max_images}")
+        sized, skipped = await self._in_thread(self._image_sizes, files, strict)
+        pixels = sum(n for _, n in sized)
+        self._check_request_pixels(pixels, f"{len(sized)} images")
+        async with self.pixels.hold(pixels, self.wait_for_pixels):
+            pictures, names = [], []
+            for path, _ in sized:
+                try:
+                    pictures.append(await self._in_thread(read_image, path))
+                    names.append(path.stem)
+                except DataError as exc:
+                    if strict:
+                        raise ApiError(422, "corrupt_file", f"{path.name}: {_problem(exc, path)}") from None
+                    skipped.append(f"{path.name}: {_problem(exc, path)}")
+            if not pictures:
+                raise ApiError(422, "corrupt_file", "no readable image: " + "; ".join(skipped))
+            key = (self.infer.image_short_side, self.infer.image_max_size)
+            found = await self.detect_batcher.run(key, pictures)
+            records = []
+            for n, (picture, detections) in enumerate(zip(pictures, found)):
+                records += box_records(detections, self.infer.image_score_thresh, picture.shape[1],
+                                       picture.shape[0], {"picture": n, "name": names[n], "frame": -1})
+            return await self._source("item", source_id, origin, records, pictures, skipped)
 
     async def embed_clip(self, source_id: str, path: Path, origin: str) -> SourceBoxes:
-        """Boxes and vectors of a clip's sampled frames (the detector config's ``frames``), decoded once."""
+        """Boxes and vectors of a clip's sampled frames (the detector config's ``frames``), decoded once.
+
+        The container's header gives the frame size: sampled frames x frame size is checked against the pixel
+        limits before any frame is decoded.
+        """
         try:
             info = await self._in_thread(probe, path)
         except DataError as exc:
-            raise ApiError(422, "corrupt_file", f"{path.name}: {exc.problem}") from None
+            raise ApiError(422, "corrupt_file", f"{path.name}: {_problem(exc, path)}") from None
         seconds = info.num_frames / info.fps if info.fps > 0 else 0.0
         if info.num_frames > self.limits.max_clip_frames or seconds > self.limits.max_clip_seconds:
             raise ApiError(422, "clip_too_long", f"{path.name}: {info.num_frames} frames, {seconds:.1f} s; the "
                                                  f"limits are {self.limits.max_clip_frames} frames and "
                                                  f"{self.limits.max_clip_seconds:g} s")
         if info.width * info.height > self.limits.max_image_pixels:
-            raise ApiError(422, "image_too_large", f"{path.name}: frames of {info.width}x{info.height} pixels")
-        try:
-            clip = await self._in_thread(read_frames, path, self.infer.frames)
-        except DataError as exc:
-            raise ApiError(422, "corrupt_file", f"{path.name}: {exc.problem}") from None
-        key = (self.infer.video_short_side, self.infer.video_max_size, clip.height, clip.width)
-        found = await self.detect_batcher.run(key, clip.frames)
-        records = []
-        for n, (frame, detections) in enumerate(zip(clip.indices, found)):
-            records += box_records(detections, self.infer.video_score_thresh, clip.width, clip.height,
-                                   {"picture": n, "name": "", "frame": frame})
-        skipped = [f"frames {clip.missing} not in the clip"] if clip.missing else []
-        return await self._source("clip", source_id, origin, records, clip.frames, skipped)
+            raise ApiError(422, "image_too_large", f"{path.name}: frames of {info.width}x{info.height} pixels; "
+                                                   f"the limit is {self.limits.max_image_pixels} pixels")
+        pixels = len(self.infer.frames) * info.width * info.height
+        self._check_request_pixels(pixels, f"{path.name}: {len(self.infer.frames)} sampled frames of "
+                                           f"{info.width}x{info.height}")
+        async with self.pixels.hold(pixels, self.wait_for_pixels):
+            try:
+                clip = await self._in_thread(read_frames, path, self.infer.frames)
+            except DataError as exc:
+                raise ApiError(422, "corrupt_file", f"{path.name}: {_problem(exc, path)}") from None
+            key = (self.infer.video_short_side, self.infer.video_max_size, clip.height, clip.width)
+            found = await self.detect_batcher.run(key, clip.frames)
+            records = []
+            for n, (frame, detections) in enumerate(zip(clip.indices, found)):
+                records += box_records(detections, self.infer.video_score_thresh, clip.width, clip.height,
+                                       {"picture": n, "name": "", "frame": frame})
+            skipped = [f"frames {clip.missing} not in the clip"] if clip.missing else []
+            return await self._source("clip", source_id, origin, records, clip.frames, skipped)
 
     async def _source(self, kind: Kind, source_id: str, origin: str, records: list[dict],
                       pictures: list[np.ndarray], skipped: list[str]) -> SourceBoxes:

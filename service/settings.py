@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                YamlConfigSettingsSource)
 
@@ -43,6 +43,19 @@ class Limits(_Section):
     """Width x height of one shop image, read from the header before decoding."""
     max_images: int = Field(64, gt=0)
     """Shop images in one query or gallery item."""
+    max_request_pixels: int = Field(100_000_000, gt=0)
+    """Pixels one request decodes (its images together, or a clip's sampled frames x frame size), read from
+    the headers before decoding: 413 above it."""
+    max_pixels_in_flight: int = Field(200_000_000, gt=0)
+    """Decoded pixels of all requests in progress together (what bounds the server's memory): a request that
+    would go over it gets 503 with Retry-After. At least ``max_request_pixels``."""
+
+    @model_validator(mode="after")
+    def _one_request_fits(self) -> Limits:
+        if self.max_pixels_in_flight < self.max_request_pixels:
+            raise ValueError(f"limits.max_pixels_in_flight ({self.max_pixels_in_flight}) is below "
+                             f"limits.max_request_pixels ({self.max_request_pixels}): no large request could run")
+        return self
 
 
 class Batching(_Section):
@@ -54,6 +67,9 @@ class Batching(_Section):
     """Crops (or pictures, for the detector) in one model call."""
     max_pending: int = Field(32, gt=0)
     """Requests admitted to model work at once; more get 503 with Retry-After."""
+    max_queue_wait_s: float = Field(10.0, gt=0)
+    """A request whose expected wait (requests in progress x recent model time per request) is above it gets
+    503 with Retry-After instead of waiting: the latency budget admission follows."""
     retry_after_s: int = Field(1, ge=0)
     decode_workers: int = Field(2, gt=0)
     """Threads decoding images and clips, off the event loop."""
@@ -79,7 +95,8 @@ class Settings(BaseSettings):
     match_set: list[str] = []
     """``key=value`` overrides of it, e.g. ``vote.cutoff=1.0``."""
     api_key: SecretStr | None = None
-    """When set, every route but /healthz and /readyz needs it in ``api_key_header`` (401 missing, 403 wrong)."""
+    """When set, every route but /healthz, /readyz and the API docs needs it in ``api_key_header`` (401 missing,
+    403 wrong)."""
     api_key_header: str = "X-API-Key"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)

@@ -31,7 +31,11 @@ def sniff(head: bytes) -> str | None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 once a request body exceeds ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: 413 once a request body exceeds ``limit`` bytes (declared or streamed).
+
+    A streamed (chunked) body goes over the limit inside the framework's form or JSON parser, which turns
+    any error into its own 400; the answer it then starts is replaced by the 413.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -46,19 +50,22 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
             return
         received = 0
-        started = False
+        started = exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    exceeded = True
                     raise _TooLarge()
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded and not started:  # the body parser caught the refusal and answers 400: answer 413
+                raise _TooLarge()
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -98,7 +105,7 @@ async def stage(files: list[UploadFile], folder: Path) -> tuple[str, list[Path]]
         kind = sniff(head)
         if kind is None:
             raise ApiError(415, "unsupported_media_type",
-                           f"{upload.filename or f'file {n}'}: not a JPEG/PNG image or an MP4 clip")
+                           f"{safe_name(upload.filename, f'file {n}')}: not a JPEG/PNG image or an MP4 clip")
         suffix = ".mp4" if kind == "clip" else (".png" if head.startswith(b"\x89PNG") else ".jpg")
         stem = Path(safe_name(upload.filename, str(n))).stem or str(n)
         path = folder / f"{stem}{suffix}"

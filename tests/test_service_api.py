@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -140,23 +141,44 @@ def test_match_by_folder_and_upload_give_the_pipeline_answer(server: Server, set
 
 def test_refusals_have_the_right_codes(server: Server, setup: dict[str, Path]) -> None:
     base = setup["base"]
-    assert _folder(server, "image/../image/000001").status_code == 403
-    assert _folder(server, "/etc").status_code == 403
-    assert _folder(server, str(base / "outside")).status_code == 403
-    assert _folder(server, "escape").status_code == 403
-    assert _folder(server, "linked").status_code == 403  # its 0.jpg links outside the root
+    refused = {403: [_folder(server, "image/../image/000001"), _folder(server, "/etc"),
+                     _folder(server, str(base / "outside")), _folder(server, "escape"),
+                     _folder(server, "linked")]}  # linked: its 0.jpg links outside the root
     missing = _folder(server, "image/999999")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     (base / "notes.txt").write_text("hello")
-    assert _upload(server, [base / "notes.txt"]).status_code == 415
+    refused[415] = [_upload(server, [base / "notes.txt"])]
     (base / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 200)
     corrupt = _upload(server, [base / "broken.jpg"])
     assert corrupt.status_code == 422 and corrupt.json()["error"]["code"] == "corrupt_file"
+    assert "/" not in corrupt.json()["error"]["message"]  # the file's name, not its staging path
     (base / "big.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * (UPLOAD_LIMIT + 10))
-    assert _upload(server, [base / "big.jpg"]).status_code == 413
-    assert httpx.delete(f"{server.url}/v1/gallery/items/999999").status_code == 404
-    assert httpx.post(f"{server.url}/v1/match/folder", json={"nope": 1}).status_code == 422
-    assert _upload(server, [base / "broken.jpg"], route="/v1/gallery/upload").status_code == 422  # no id
+    refused[413] = [_upload(server, [base / "big.jpg"])]
+    refused[404] = [missing, httpx.delete(f"{server.url}/v1/gallery/items/999999")]
+    refused[405] = [httpx.request("OPTIONS", f"{server.url}/v1/gallery/items/999999")]
+    refused[422] = [corrupt, httpx.post(f"{server.url}/v1/match/folder", json={"nope": 1}),
+                    _upload(server, [base / "broken.jpg"], route="/v1/gallery/upload")]  # no id
+    for status, responses in refused.items():
+        for response in responses:
+            assert response.status_code == status, response.text
+            assert response.json()["error"]["status"] == status, response.text
+    assert refused[405][0].headers["Allow"] == "GET, DELETE"
+
+
+def test_concurrent_adds_of_one_id_report_one_add_and_one_replacement(server: Server) -> None:
+    """The replaced flag comes from the store's write, so of two adds racing one new id exactly one adds."""
+    def add(_: int) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/gallery", json={"path": "video/000001.mp4", "id": "race"}, timeout=120)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(add, range(2)))
+        assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+        assert sorted(a.json()["replaced"] for a in answers) == [False, True]
+        assert {a.json()["origin"] for a in answers} == {"video/000001.mp4"}  # relative to its data root
+    finally:
+        httpx.delete(f"{server.url}/v1/gallery/clips/race")
+    assert httpx.get(f"{server.url}/v1/gallery/clips/race").status_code == 404
 
 
 def test_api_key_is_required_except_for_health(setup: dict[str, Path], gallery: Path) -> None:
@@ -168,8 +190,10 @@ def test_api_key_is_required_except_for_health(setup: dict[str, Path], gallery: 
     settings = load_settings(setup["config"], data_dir=gallery, api_key="s3cret")
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200
-        assert client.get("/readyz").status_code == 200
+        assert client.get("/readyz").json() == {"status": "ready"}
+        assert client.get("/openapi.json").status_code == 200
         assert client.get("/v1/gallery/stats").status_code == 401
+        assert client.get("/v1/status").status_code == 401
         assert client.get("/metrics", headers={"X-API-Key": "wrong"}).status_code == 403
         assert client.get("/v1/gallery/stats", headers={"X-API-Key": "s3cret"}).status_code == 200
 

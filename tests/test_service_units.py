@@ -1,6 +1,7 @@
-"""Service parts without models: gallery crash safety, micro-batching, path confinement, metrics text."""
+"""Service parts without models: gallery crash safety, micro-batching, admission, path confinement, metrics text."""
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher, Overloaded
+from service import batcher
+from service.batcher import Admission, MicroBatcher, Overloaded, PixelBudget
 from service.errors import ApiError
 from service.gallery import GalleryError, GalleryStore, SourceBoxes
 from service.metrics import Metrics
@@ -195,6 +197,46 @@ def test_concurrent_jobs_share_one_call_and_a_full_queue_refuses() -> None:
         assert calls == [6]
     finally:
         batcher.close()
+
+
+def test_admission_refuses_a_request_expected_to_wait_past_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(batcher.time, "monotonic", lambda: now[0])
+    admission = Admission(limit=8, max_wait_s=1.0)
+    with admission.slot():  # nothing measured yet: nothing expected
+        now[0] += 0.6  # one request alone held its slot 0.6 s
+    assert admission.expected_wait() == 0.0  # idle
+    with admission.slot(), admission.slot():  # behind one request: 0.6 s expected, admitted
+        assert admission.expected_wait() == pytest.approx(1.2)
+        with pytest.raises(Overloaded) as refused:
+            with admission.slot():
+                pass
+    assert refused.value.code == "queue_wait" and refused.value.retry_after == pytest.approx(1.2)
+    assert admission.active == 0
+
+
+def test_pixels_in_flight_are_bounded_and_the_rebuild_waits_for_room() -> None:
+    async def scenario() -> list[str]:
+        budget = PixelBudget(100)
+        events: list[str] = []
+
+        async def waiting() -> None:
+            async with budget.hold(70, wait=True):
+                events.append(f"waiter holds {budget.used}")
+
+        async with budget.hold(60):
+            with pytest.raises(Overloaded) as refused:
+                async with budget.hold(50):
+                    pass
+            assert refused.value.code == "pixels_in_flight"
+            task = asyncio.create_task(waiting())
+            await asyncio.sleep(0.01)
+            events.append(f"first holds {budget.used}")
+        await asyncio.wait_for(task, 5)
+        assert budget.used == 0
+        return events
+
+    assert asyncio.run(scenario()) == ["first holds 60", "waiter holds 70"]
 
 
 def test_paths_are_confined_to_the_roots(tmp_path: Path) -> None:
