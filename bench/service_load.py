@@ -1,14 +1,17 @@
 """Load on the REST service: N concurrent clients matching clips and item folders over loopback.
 
-``python -m bench.service_load [--clients 1 4 8] [--requests 40] [--max-seconds 60]``
+``python -m bench.service_load [--clients 1 4 8] [--requests 40] [--max-seconds 60] [--items 8]
+[--api-key KEY] [--out runs/bench/service_load.json]``
 
-Without ``--config``/``--data-dir`` it prepares a small synthetic root, tiny
-models with fixed random weights (speed does not depend on training), and a
-gallery (``python -m service rebuild``). A server is started on a free
-127.0.0.1 port; each client level sends a bounded number of requests (by
-path and by upload, clips and folders) within a bounded time. Reported per
-level: latency p50/p95/p99, throughput, errors (503s counted apart) and the
-server's peak RSS (VmHWM).
+It prepares a small synthetic root, tiny models with fixed random weights
+(speed does not depend on training) and a gallery (``python -m service
+rebuild``), then starts a server on a free 127.0.0.1 port with the service's
+default limits (and ``--api-key``, which the clients send, as a deployment
+would). Each client level sends a bounded number of requests (by path and by
+upload, clips and folders) within a bounded time. Reported per level:
+latency p50/p95/p99, throughput, errors (503s counted apart) and the
+server's peak RSS (VmHWM). The result goes to ``--out``, outside the
+committed ``bench/results/`` unless named there.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import yaml
 from bench.common import print_table, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "service_load.json"
+RESULTS = REPO / "runs" / "bench" / "service_load.json"
 
 
 def prepare(base: Path, items: int) -> tuple[Path, Path]:
@@ -94,7 +97,8 @@ async def client(http: httpx.AsyncClient, jobs: list[tuple[str, Path]], root: Pa
         codes.append(response.status_code)
 
 
-async def run_level(url: str, root: Path, clients: int, requests: int, max_seconds: float) -> dict:
+async def run_level(url: str, root: Path, clients: int, requests: int, max_seconds: float,
+                    headers: dict[str, str] | None = None) -> dict:
     targets = sorted((root / "video").glob("*.mp4")) + sorted(p for p in (root / "image").iterdir() if p.is_dir())
     rng = np.random.default_rng(clients)
     latencies: list[float] = []
@@ -103,7 +107,7 @@ async def run_level(url: str, root: Path, clients: int, requests: int, max_secon
     plans = [[("upload" if rng.random() < 0.3 else "path", targets[int(rng.integers(len(targets)))])
               for _ in range(per_client)] for _ in range(clients)]
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as http:
         started = time.perf_counter()
         until = time.monotonic() + max_seconds
         await asyncio.gather(*(client(http, plan, root, until, latencies, codes) for plan in plans))
@@ -121,9 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=40, help="requests per client level (bounded)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time bound per client level")
     parser.add_argument("--items", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--api-key", help="run the server with this API key and send it with every request")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default: {RESULTS.relative_to(REPO)})")
     args = parser.parse_args(argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    headers = {}
+    if args.api_key:
+        from service.settings import Settings
+
+        env["SHOPMATCH_API_KEY"] = args.api_key
+        headers[Settings.model_fields["api_key_header"].default] = args.api_key
     with tempfile.TemporaryDirectory(prefix="service-load-") as tmp:
         base = Path(tmp)
         config, root = prepare(base, args.items)
@@ -142,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
                     if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                         break
                 except httpx.TransportError:
-                    time.sleep(0.5)
-            asyncio.run(run_level(url, root, 1, 2, 30))  # warm-up: first calls allocate and load
+                    pass
+                time.sleep(0.5)
+            asyncio.run(run_level(url, root, 1, 2, 30, headers))  # warm-up: first calls allocate and load
             rows = []
             for clients in args.clients:
-                row = asyncio.run(run_level(url, root, clients, args.requests, args.max_seconds))
+                row = asyncio.run(run_level(url, root, clients, args.requests, args.max_seconds, headers))
                 row["peak_rss_mib"] = peak_rss_mib(server.pid)
                 rows.append(row)
                 print_table([row], list(row))
@@ -157,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, list(rows[0]))
     path = write_result(args.out, "service_load", rows, {"items": args.items, "clips": args.items,
                                                         "requests_per_level": args.requests,
+                                                        "api_key": bool(args.api_key),
                                                         "models": "tiny detector + tiny embedder, random weights",
                                                         "mix": "70% by path, 30% by upload; clips and folders"})
     print(f"wrote {path}")
