@@ -119,6 +119,29 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
 
+def format_markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as a markdown table with the cells ``format_table`` prints, for pages generated from results.
+
+    Numeric columns are right-aligned by the separator row; cells are padded so the raw file reads as a table too.
+    """
+    header = [_markdown_cell(column) for column in columns]
+    cells = [[_markdown_cell(format_value(row.get(column))) for column in columns] for row in rows]
+    widths = [max([len(name), 3, *(len(line[i]) for line in cells)]) for i, name in enumerate(header)]
+    numeric = [_is_numeric([row.get(column) for row in rows]) for column in columns]
+
+    def line(values: Sequence[str]) -> str:
+        padded = (v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w - 1) + ":" if num else "-" * w for w, num in zip(widths, numeric)]
+    return "\n".join([line(header), line(rule), *(line(c) for c in cells)])
+
+
+def _markdown_cell(text: str) -> str:
+    """A pipe or a line break inside a value would split the cell or the row."""
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def _is_numeric(values: Sequence[object]) -> bool:
     """A column of numbers (gaps allowed) is right-aligned."""
     present = [v for v in values if v is not None]
