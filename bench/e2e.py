@@ -9,7 +9,10 @@ Lite0/1/2 ensemble), ``seed`` (VoVNet-99 detector + the seed's four
 EfficientNets). A setup without ``--weights`` runs with untrained detector
 weights (and ImageNet weights for the Lite embedders): its timing is real,
 its score is not, and the table says ``trained: no``. Each run starts from an
-empty output folder, so every stage is timed cold. Results go to
+empty output folder, so every stage is timed cold. ``peak_rss_mib`` is the
+highest resident memory of the setup's stages (each stage's peak measured on
+its own, ``dataset.memory``; ``peak_scope`` says when it could only be the
+process's peak so far). Results go to
 ``bench/results/e2e.json``; ``--keep DIR`` leaves each setup's stage outputs
 in ``DIR/run_SETUP`` (and a generated test root in ``DIR/data``), so that
 ``bench.match_rules`` can score other voting rules on the same run.
@@ -32,7 +35,7 @@ from dataset.runtime import pick_device, save_checkpoint
 from dataset.synth import SynthConfig, generate
 from metric_sub.config import load_embedder_config
 from metric_sub.model import build_embedder
-from metric_sub.pipeline import run_pipeline
+from metric_sub.pipeline import PipelineResult, run_pipeline
 
 SETUPS = {
     "tiny": ("tiny", ["tiny"]),
@@ -57,6 +60,15 @@ def untrained_weights(folder: Path, detector: str, embedders: list[str]) -> tupl
         else:
             emb.append(None)
     return det, emb
+
+
+def _peak_memory(result: PipelineResult) -> dict[str, float | str | None]:
+    """The highest resident memory of a run's stages, and whether it is theirs or the process's so far."""
+    measured = [r.memory for r in result.stages.values() if r.memory is not None]
+    if not measured:
+        return {"peak_rss_mib": None, "peak_scope": None}
+    top = max(measured, key=lambda m: m.peak_rss_mib)
+    return {"peak_rss_mib": round(top.peak_rss_mib, 1), "peak_scope": top.peak_scope}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"setup": setup, "device": str(device), "trained": setup in trained, "clips": clips,
                          "detect_s": seconds["detect"], "embed_s": seconds["embed"], "match_s": seconds["match"],
                          "clips_per_s": clips / total if total else None, "matched": len(result.result),
-                         "score": result.score["final"] if result.score else None})
+                         "score": result.score["final"] if result.score else None, **_peak_memory(result)})
     columns = ["setup", "device", "trained", "clips", "detect_s", "embed_s", "match_s", "clips_per_s", "matched",
-               "score"]
+               "score", "peak_rss_mib"]
     print_table(rows, columns)
     write_result(args.out, "e2e", rows, {"data": str(args.data or f"synthetic, {args.items} items, defaults"),
                                          "detector_set": args.detector_set, "embedder_set": args.embedder_set,

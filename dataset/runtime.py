@@ -44,6 +44,23 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+MALLOC_ENV = "SHOPMATCH_MALLOC"
+
+
+@functools.cache
+def _load_glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, when this process runs on it and ``SHOPMATCH_MALLOC=system`` does not opt out."""
+    if os.environ.get(MALLOC_ENV) == "system" or not sys.platform.startswith("linux"):
+        return None
+    return _load_glibc()
 
 
 def keep_freed_memory() -> bool:
@@ -51,19 +68,29 @@ def keep_freed_memory() -> bool:
 
     glibc serves every block above 32 MB with its own ``mmap`` and unmaps it
     when freed, so each CPU forward pass page-faults its feature maps in
-    afresh: about a quarter of a Lite2 detector call on 4 frames (0.75 s
-    against 0.55 s with freed memory kept, bf16, 2-core CPU). Without ``mmap``
-    (``M_MMAP_MAX`` 0) and without trimming, a process instead holds on to its
-    peak memory. ``SHOPMATCH_MALLOC=system`` leaves the allocator as it is;
-    other C libraries are left alone.
+    afresh: about a quarter of a Lite2 detector call on 4 frames (figures in
+    the readme). Without ``mmap`` (``M_MMAP_MAX`` 0) and without trimming, the
+    heap keeps whatever a pass freed; glibc cannot raise its mmap threshold
+    above 32 MB instead. What is kept is bounded by ``release_freed_memory``,
+    which a batch run calls between clips, chunks and stages.
+    ``SHOPMATCH_MALLOC=system`` leaves the allocator as it is; other C
+    libraries are left alone.
     """
-    if os.environ.get("SHOPMATCH_MALLOC") == "system" or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def release_freed_memory() -> bool:
+    """Hand the free pages the heap kept back to the kernel (``malloc_trim(0)``); whether any were.
+
+    Kept memory only pays inside a hot loop, where the next pass reuses it;
+    across clips of other sizes, chunks and stages it piles up as free holes
+    that the process never returns. Does nothing under ``SHOPMATCH_MALLOC=system``.
+    """
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 def seed_everything(seed: int) -> None:

@@ -108,10 +108,14 @@ class EmbedConfig(StrictModel):
     ``cuda_graphs`` compiles in ``reduce-overhead`` mode, which also replays a
     captured CUDA graph per bucket shape so that small kernels stop paying
     launch latency; ``pad_batches`` pads a bucket's last batch to
-    ``batch_size`` so the batch dimension never changes.
+    ``batch_size`` so the batch dimension never changes. On a CPU batches
+    hold at most ``cpu_batch_size`` crops: larger ones run no faster there,
+    and the maps of one pass, which the CPU allocator keeps for the next
+    (``dataset.runtime.keep_freed_memory``), grow with the batch.
     """
 
     batch_size: int = Field(128, gt=0)
+    cpu_batch_size: int = Field(32, gt=0)
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     channels_last: bool = True
     compile: bool = False

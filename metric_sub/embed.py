@@ -41,7 +41,8 @@ from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
 from dataset.records import Dataset
-from dataset.runtime import autocast, channels_last_pays, effective_dtype, load_checkpoint, pick_device
+from dataset.runtime import (autocast, channels_last_pays, effective_dtype, load_checkpoint, pick_device,
+                             release_freed_memory)
 from metric_sub.buckets import aspect_group, resize_to_bucket
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import CropRef, ground_truth_crops, iter_crops
@@ -86,6 +87,13 @@ class ModelRunner:
     @property
     def dim(self) -> int:
         return self.config.model.embedding_size
+
+    @property
+    def batch_size(self) -> int:
+        """Crops per pass on this device (``EmbedConfig.cpu_batch_size`` caps it on a CPU)."""
+        settings = self.config.embed
+        return settings.batch_size if self.device.type != "cpu" else min(settings.batch_size,
+                                                                         settings.cpu_batch_size)
 
     @torch.inference_mode()
     def forward_batch(self, host: torch.Tensor, count: int) -> torch.Tensor:
@@ -137,10 +145,11 @@ def _embed_family(runners: Sequence[ModelRunner], crops: Sequence[np.ndarray],
     """Each runner's embeddings (on its device) of all crops; the runners share bucket sizes and batch size.
 
     Every batch is resized and stacked once for all runners, in a thread
-    while the GPU runs the previous one.
+    while the GPU runs the previous one. On a CPU, the free memory kept from
+    one bucket's passes is handed back before the next bucket's.
     """
     lead = runners[0]
-    rows = lead.config.embed.batch_size
+    rows = lead.batch_size
     pinned = lead.device.type == "cuda"
     outs = [torch.empty((len(crops), r.dim), device=r.device) for r in runners]
 
@@ -148,9 +157,13 @@ def _embed_family(runners: Sequence[ModelRunner], crops: Sequence[np.ndarray],
         group, chunk = item
         return _stack(crops, chunk, lead.sizes[group], rows if lead.pad else len(chunk), pinned)
 
+    previous = None
     for (group, chunk), host in prefetch(prepare, _batches(groups, rows), workers=2, ahead=3):
         if isinstance(host, Exception):
             raise host
+        if previous is not None and group != previous and lead.device.type == "cpu":
+            release_freed_memory()  # the next bucket's maps have other sizes: kept blocks would not fit them
+        previous = group
         where = torch.as_tensor(chunk, device=lead.device)
         for runner, out in zip(runners, outs):
             out[where] = runner.forward_batch(host, len(chunk))
@@ -230,7 +243,7 @@ def embed_crops(runners: Sequence[ModelRunner], crops: Sequence[np.ndarray], gro
         return np.zeros((0, sum(r.dim for r in runners)), np.float32)
     families: dict[tuple, list[int]] = defaultdict(list)
     for position, runner in enumerate(runners):
-        key = (tuple(runner.sizes), runner.config.embed.batch_size, runner.pad, runner.device)
+        key = (tuple(runner.sizes), runner.batch_size, runner.pad, runner.device)
         families[key].append(position)
     blocks: list[np.ndarray | None] = [None] * len(runners)
     for positions in families.values():
@@ -269,16 +282,36 @@ def model_key(config: EmbedderConfig, weights: Path | str | None, device: torch.
             "dtype": effective_dtype(device, config.embed.dtype)}
 
 
+def _plan(runners: Sequence[ModelRunner], refs: Sequence[CropRef],
+          sources_per_chunk: int) -> tuple[list[list[int]], list[str]]:
+    """The chunks of ref indices and the key each chunk's files are saved under."""
+    models_key = [model_key(r.config, r.weights, r.device) for r in runners]
+    plan = _chunks(refs, sources_per_chunk)
+    return plan, [digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
+
+
+def finished_sources(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
+                     sources_per_chunk: int = 64) -> int:
+    """How many images and clips of ``refs`` an earlier run into ``out_dir`` has already embedded."""
+    chunk_dir = Path(out_dir) / "chunks"
+    plan, keys = _plan(runners, refs, sources_per_chunk)
+    return sum(len({refs[i].path for i in chunk}) for chunk, key in zip(plan, keys)
+               if (chunk_dir / f"{key}.npy").is_file())
+
+
 def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
                   sources_per_chunk: int = 64, workers: int = 2, progress: bool = True) -> IssueLog:
-    """Embed every ref with the ensemble into ``out_dir`` (see the module docstring), resuming chunks."""
+    """Embed every ref with the ensemble into ``out_dir`` (see the module docstring), resuming chunks.
+
+    Free memory the allocator kept is handed back after each chunk
+    (``release_freed_memory``): crops of other sizes would otherwise pile up
+    as holes in the heap.
+    """
     out_dir = Path(out_dir)
     chunk_dir = out_dir / "chunks"
     chunk_dir.mkdir(parents=True, exist_ok=True)
     issues = IssueLog()
-    models_key = [model_key(r.config, r.weights, r.device) for r in runners]
-    plan = _chunks(refs, sources_per_chunk)
-    keys = [digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
+    plan, keys = _plan(runners, refs, sources_per_chunk)
 
     def prepare(chunk: list[int]) -> tuple[IssueLog, list[int], list[np.ndarray]]:
         chunk_issues = IssueLog()
@@ -286,7 +319,10 @@ def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_d
         return chunk_issues, kept, crops
 
     todo = [(c, k) for c, k in zip(plan, keys) if not (chunk_dir / f"{k}.npy").is_file()]
-    log.info("%d chunks, %d already done", len(plan), len(plan) - len(todo))
+    if len(todo) < len(plan):
+        log.info("resuming: %d of %d chunks found done in %s; skipped", len(plan) - len(todo), len(plan), chunk_dir)
+    else:
+        log.info("%d chunks", len(plan))
     # Decoding and cropping the next chunk in a thread overlaps the models' work on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops") as pool:
         upcoming = pool.submit(prepare, todo[0][0]) if todo else None
@@ -299,6 +335,8 @@ def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_d
             write_json_atomic(chunk_dir / f"{key}.json",
                               {"kept": kept, "issues": [vars(i) for i in chunk_issues.issues]})
             (chunk_dir / f"{key}.tmp.npy").replace(chunk_dir / f"{key}.npy")
+            del crops, embeddings
+            release_freed_memory()
 
     blocks, rows = [], []
     for chunk, key in zip(plan, keys):
