@@ -8,7 +8,8 @@ through as one batch, while the next clips decode. Results of every finished
 file are appended to ``<out>.cache.jsonl``, so a crashed or interrupted run
 continues where it stopped; the output itself is written atomically at the
 end (schema: ``bbox_sub.schema``). A corrupt image or clip is reported and
-skipped.
+skipped; sampled frames a clip does not hold are listed in ``missing_frames``.
+A resumed run says how many files it found done (``resumed``).
 """
 from __future__ import annotations
 
@@ -59,11 +60,14 @@ class ResultCache:
     """Per-file results appended as JSON lines next to the output, valid for one config and weights.
 
     A line cut short by a crash is ignored; a different fingerprint starts the cache over.
+    ``missing`` keeps, per clip, the sampled frames the file did not hold, so a
+    resumed run still reports them.
     """
 
     def __init__(self, path: Path, fingerprint: str) -> None:
         self.path = path
         self.done: dict[str, list[dict[str, Any]]] = {}
+        self.missing: dict[str, dict[str, Any]] = {}
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
         header = _json_or_none(lines[0]) if lines else None
         if header is not None and header.get("fingerprint") == fingerprint:
@@ -71,14 +75,19 @@ class ResultCache:
                 record = _json_or_none(line)
                 if record is not None:
                     self.done[record["key"]] = record["boxes"]
+                    if record.get("missing"):
+                        self.missing[record["key"]] = record["missing"]
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
         self._file = path.open("a", encoding="utf-8")
 
-    def add(self, key: str, boxes: list[dict[str, Any]]) -> None:
+    def add(self, key: str, boxes: list[dict[str, Any]], missing: dict[str, Any] | None = None) -> None:
         self.done[key] = boxes
-        self._file.write(json.dumps({"key": key, "boxes": boxes}) + "\n")
+        record: dict[str, Any] = {"key": key, "boxes": boxes}
+        if missing:
+            self.missing[key] = record["missing"] = missing
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -143,7 +152,8 @@ def detect_videos(detector: BatchDetector, videos: list[Video], settings: InferC
         for index, detections in zip(clip.indices, found):
             fields = {"type": "video", "video_id": video.video_id, "frame": index, "file": str(video.path)}
             boxes += box_records(detections, settings.video_score_thresh, clip.width, clip.height, fields)
-        cache.add(_video_key(video), boxes)
+        missing = {"frames": clip.missing, "file_frames": clip.num_frames} if clip.missing else None
+        cache.add(_video_key(video), boxes, missing)
         progress.update(1)
     progress.update(len(videos) - len(seen))
 
@@ -160,6 +170,10 @@ def run_inference(cfg: DetectorConfig, weights: Path, roots: list[Path], out: Pa
     try:
         todo_images = [im for im in images if _image_key(im) not in cache.done]
         todo_videos = [v for v in videos if _video_key(v) not in cache.done]
+        resumed = {"images": len(images) - len(todo_images), "videos": len(videos) - len(todo_videos)}
+        if resumed["images"] or resumed["videos"]:
+            log.info("resuming: %d of %d images and %d of %d clips found done in %s; skipped",
+                     resumed["images"], len(images), resumed["videos"], len(videos), cache.path)
         if todo_images or todo_videos:
             torch_device = pick_device(device)
             model = load_detector(cfg.model, weights, torch_device)
@@ -179,6 +193,9 @@ def run_inference(cfg: DetectorConfig, weights: Path, roots: list[Path], out: Pa
         "processed": {"images": sum(_image_key(im) in cache.done for im in images),
                       "videos": sum(_video_key(v) in cache.done for v in videos)},
         "skipped": [{"path": i.path, "problem": i.problem} for i in issues.errors],
+        "resumed": resumed,
+        "missing_frames": [{"video_id": v.video_id, "file": str(v.path), **cache.missing[_video_key(v)]}
+                           for v in videos if _video_key(v) in cache.missing],
         "images": [box for im in images for box in cache.done.get(_image_key(im), [])],
         "videos": [box for v in videos for box in cache.done.get(_video_key(v), [])],
     }

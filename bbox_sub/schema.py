@@ -6,6 +6,9 @@ Layout (``format`` ``bbox_sub.boxes``, ``version`` 1)::
      "settings": {...the InferConfig used...},
      "processed": {"images": 1234, "videos": 56},
      "skipped": [{"path": ".../video/000017.mp4", "problem": "empty file (0 bytes)"}],
+     "resumed": {"images": 0, "videos": 0},
+     "missing_frames": [{"video_id": "000021", "file": ".../video/000021.mp4", "frames": [200, 220],
+                         "file_frames": 191}],
      "images": [{"type": "image", "item_id": "000013", "img_name": "0.jpg", "file": "/abs/.../image/000013/0.jpg",
                  "width": 800, "height": 800, "bbox": [x1, y1, x2, y2], "score": 0.987,
                  "bbox_aspect": 0.61, "aspect_group": 5}, ...],
@@ -15,7 +18,10 @@ Layout (``format`` ``bbox_sub.boxes``, ``version`` 1)::
 
 Boxes are ints (truncated, clipped to the picture, at least one pixel wide
 and high), best score first within a picture; ``aspect_group`` indexes
-``bbox_sub.aspect.ASPECT_TEMPLATES``.
+``bbox_sub.aspect.ASPECT_TEMPLATES``. ``resumed`` counts the files an
+interrupted earlier run had finished; ``missing_frames`` lists, per clip, the
+sampled frames its file does not hold (``file_frames``: what it does). Both
+are optional, for files written before them.
 """
 from __future__ import annotations
 
@@ -69,6 +75,13 @@ class Skipped(_Record):
     problem: str
 
 
+class MissingFrames(_Record):
+    video_id: str
+    file: str
+    frames: list[StrictInt]
+    file_frames: StrictInt
+
+
 class BoxesFile(_Record):
     format: Literal["bbox_sub.boxes"]
     version: Literal[1]
@@ -77,6 +90,8 @@ class BoxesFile(_Record):
     settings: dict[str, Any]
     processed: dict[Literal["images", "videos"], StrictInt]
     skipped: list[Skipped]
+    resumed: dict[Literal["images", "videos"], StrictInt] = Field(default_factory=lambda: {"images": 0, "videos": 0})
+    missing_frames: list[MissingFrames] = Field(default_factory=list)
     images: list[ImageBox]
     videos: list[VideoBox]
 

@@ -26,6 +26,9 @@ request when a wanted frame lies in a damaged or cut-off part, OpenCV stops at
 the first frame it cannot decode and reports every later wanted frame missing
 (so ``auto`` returns the frames before the damage). Bit errors that still
 decode are concealed by FFmpeg in both backends and cannot be detected here.
+FFmpeg's own log lines (``Invalid NAL unit size`` ...) are silenced
+(``quiet_decoder_logs``): what they would say comes back as ``missing`` or a
+``VideoError``. Set ``OPENCV_FFMPEG_LOGLEVEL`` to see them from OpenCV.
 
 Both backends apply a clip's rotation metadata (frames come out upright, as
 a player shows them).
@@ -98,6 +101,7 @@ def read_frames(path: Path | str, indices: Iterable[int], backend: str = "auto",
     wanted = _wanted(indices)
     names = resolve_backends(backend)
     _check_file(path)
+    quiet_decoder_logs()
     failures: list[str] = []
     for name in names:
         try:
@@ -175,6 +179,19 @@ def _check_file(path: Path) -> None:
         raise VideoError(path, "not a file")
     if path.stat().st_size == 0:
         raise VideoError(path, "empty file (0 bytes)")
+
+
+@functools.cache
+def quiet_decoder_logs() -> None:
+    """Keep FFmpeg's log lines out of the terminal, where they would interleave with progress bars.
+
+    OpenCV reads ``OPENCV_FFMPEG_LOGLEVEL`` when it opens its first file (a
+    value the user set is kept); decord sets its bundled FFmpeg's level itself.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    decord = _decord()
+    if decord is not None:
+        decord.logging.set_level(decord.logging.QUIET)
 
 
 @functools.cache

@@ -189,10 +189,15 @@ def test_plain_background_outside_the_box_is_untouched(angle: float, centre: tup
 def test_cli_writes_a_dataset_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     code = main(["--out", str(out), "--items", "3", "--seed", "1", "--clip-frames", "41", "--clip-width", "128",
-                 "--clip-height", "224", "--shop-size", "128", "--shop-images-max", "3", "--workers", "1", "--quiet"])
+                 "--clip-height", "224", "--shop-size", "128", "--shop-images-max", "3", "--workers", "1"])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["items"] == 3
+    # Progress from the start: what is to be rendered, then the finished tasks.
+    progress = captured.err.splitlines()
+    assert progress[0].startswith("rendering 6 tasks: 3 clips of 41 frames"), progress
+    assert progress[-1].startswith("6/6 tasks"), progress
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] > 100
     assert main(["--out", str(out), "--items", "3", "--quiet"]) == 2, "refuses to overwrite without --overwrite"

@@ -5,6 +5,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dataset.synth.config import SynthConfig, knob_help
@@ -29,6 +31,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def progress_printer(config: SynthConfig, workers: int, every_s: float = 5.0) -> Callable[[int, int], None]:
+    """Progress lines on stderr: what is to be rendered at once, then as tasks finish, at most one line per
+    ``every_s`` seconds with the time so far and an estimate of what is left. A clip takes long to render,
+    so a line per share of the tasks could leave the terminal silent for minutes."""
+    started = time.perf_counter()
+    last = -every_s
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        elapsed = time.perf_counter() - started
+        if done == 0:
+            clips = config.items + config.uncatalogued_clips
+            print(f"rendering {total} tasks: {clips} clips of {config.clip_frames} frames at "
+                  f"{config.clip_width}x{config.clip_height} and the shop images of {config.items} items, "
+                  f"with {workers} worker{'s' if workers != 1 else ''}", file=sys.stderr, flush=True)
+        elif done == total or elapsed - last >= every_s:
+            left = elapsed / done * (total - done)
+            print(f"{done}/{total} tasks, {elapsed:.0f} s" + (f", about {left:.0f} s left" if done < total else ""),
+                  file=sys.stderr, flush=True)
+        else:
+            return
+        last = elapsed
+
+    return progress
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     values = {name: getattr(args, name) for name, _, _ in knob_help()}
@@ -38,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    def progress(done: int, total: int) -> None:
-        if not args.quiet and (done == total or done % max(1, total // 10) == 0):
-            print(f"{done}/{total} tasks", file=sys.stderr, flush=True)
-
+    progress = None if args.quiet else progress_printer(config, args.workers)
     try:
         summary = generate(args.out, config, workers=args.workers, overwrite=args.overwrite,
                            contact_sheet=not args.no_contact_sheet, progress=progress)

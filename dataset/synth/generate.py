@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +62,24 @@ def run_task(task: Task, config: SynthConfig, root: Path) -> tuple[str, str, Any
 
 def _run_all(tasks: list[Task], config: SynthConfig, root: Path, workers: int,
              progress: Callable[[int, int], None] | None) -> list[tuple[str, str, Any]]:
-    results = []
+    """Every task's result in task order; ``progress(done, total)`` is called at the start (0) and as each
+    task finishes, in whatever order they finish."""
+    report = progress or (lambda done, total: None)
+    report(0, len(tasks))
     if workers <= 1:
+        results = []
         for k, task in enumerate(tasks):
             results.append(run_task(task, config, root))
-            if progress:
-                progress(k + 1, len(tasks))
+            report(k + 1, len(tasks))
         return results
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = [pool.submit(run_task, task, config, root) for task in tasks]
-        for k, future in enumerate(futures):
-            results.append(future.result())
-            if progress:
-                progress(k + 1, len(tasks))
-    return results
+        futures = {pool.submit(run_task, task, config, root): k for k, task in enumerate(tasks)}
+        finished: dict[int, tuple[str, str, Any]] = {}
+        for future in as_completed(futures):
+            finished[futures[future]] = future.result()
+            report(len(finished), len(tasks))
+    return [finished[k] for k in range(len(tasks))]
 
 
 def generate(out_dir: Path | str, config: SynthConfig, workers: int | None = None, overwrite: bool = False,
