@@ -24,9 +24,17 @@ Stages and what each leaves in ``OUT_DIR``:
 5. ``report``: ``report.html`` with thumbnails in ``report/``.
 
 ``stages.json`` records the key of every finished stage (inputs, configs,
-weights); a stage whose key is unchanged is skipped, a stage cut short by a
-crash continues from its own cache. ``summary.json`` holds the counts and the
-time per stage.
+weights) and what computing it took; a stage whose key is unchanged is
+skipped, a stage cut short by a crash continues from its own cache.
+``summary.json`` holds the counts, every skipped file, missing frame and
+warning, and per stage its wall time in this run, whether it was cached (with
+the time it took when computed) or resumed (how many files an earlier run had
+finished), and its resident memory (peak, at its end, growth).
+
+Inputs are checked before any work (``metric_sub.checks``). The command line
+exits with 0 when the run finished (or stopped where asked), 2 when an input
+is wrong (one line naming it), 1 when the run failed on the way (a file that
+could not be written, one line naming it), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -41,17 +49,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from bbox_sub.config import DetectorConfig, load_detector_config
 from bbox_sub.infer import run_inference
 from dataset.errors import DataError, Issue, IssueLog
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
+from dataset.memory import MemoryMeter, StageMemory
 from dataset.records import Dataset
-from dataset.runtime import pick_device
+from dataset.runtime import pick_device, release_freed_memory
 from dataset.score import load_result, score, write_result
+from metric_sub.checks import check_config_name, check_inputs, prepare_out_dir
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import ground_truth_crops
-from metric_sub.embed import boxes_document_to_refs, load_embeddings, load_runner, model_key, run_embedding
+from metric_sub.embed import (boxes_document_to_refs, finished_sources, load_embeddings, load_runner, model_key,
+                              run_embedding)
 from metric_sub.match import MatchConfig, load_match_config, match_embeddings
 
 log = logging.getLogger(__name__)
@@ -65,11 +78,48 @@ DEFAULT_EMBEDDERS: tuple[ModelSpec, ...] = (("lite0", None), ("lite1", None), ("
 
 
 @dataclass
+class StageRecord:
+    """What one stage cost in this run, and whether it computed anything.
+
+    A cached stage keeps, in ``computed``, the seconds and resumed files of
+    the run that computed it, so a rerun does not pass off the time it took
+    to find the cache as the stage's cost.
+    """
+
+    seconds: float = 0.0
+    cached: bool = False
+    resumed_sources: int = 0
+    computed: dict[str, Any] | None = None
+    memory: StageMemory | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"seconds": round(self.seconds, 2), "cached": self.cached,
+                                  "resumed_sources": self.resumed_sources}
+        if self.cached:
+            record["computed"] = self.computed
+        if self.memory is not None:
+            record.update(self.memory.to_json())
+        return record
+
+    def describe(self) -> str:
+        """``12.3 s``, ``0.1 s (cached; computed in 85.5 s)`` or ``40.2 s (resumed: 12 files found done)``."""
+        text = f"{self.seconds:.1f} s"
+        if self.cached:
+            took = (self.computed or {}).get("seconds")
+            text += " (cached" + ("" if took is None else f"; computed in {took:.1f} s") + ")"
+        elif self.resumed_sources:
+            text += f" (resumed: {self.resumed_sources} files found done)"
+        return text
+
+
+@dataclass
 class PipelineResult:
     """What a run produced; ``score`` is the contest metric's report dict when the root is annotated.
 
     ``decisions`` maps every clip to what happened (matched, abstained with
-    the reason, or skipped); ``skipped`` maps every unreadable file to why.
+    the reason, or skipped); ``skipped`` maps every unreadable file to why;
+    ``missing_frames`` maps a clip to the sampled frames its file does not
+    hold; ``warnings`` maps a file to the parts of it that were dropped.
     """
 
     out_dir: Path
@@ -77,14 +127,23 @@ class PipelineResult:
     result: dict[str, dict] = field(default_factory=dict)
     decisions: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    missing_frames: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    peak_rss_mib: float | None = None
     score: dict[str, Any] | None = None
     report_path: Path | None = None
     stopped_after: str | None = None
 
     @property
+    def stage_seconds(self) -> dict[str, float]:
+        """Wall seconds per stage in this run (a cached stage: the time to find its cache)."""
+        return {name: record.seconds for name, record in self.stages.items()}
+
+    @property
     def summary(self) -> dict[str, Any]:
-        """Counts of matched / abstained / skipped clips with their reasons, and the time per stage."""
+        """Counts of matched / abstained / skipped clips with their reasons, every problem, and per stage its
+        time and memory."""
         skipped = [v for v, why in self.decisions.items() if why.startswith(SKIPPED)]
         abstained = {v: why for v, why in self.decisions.items() if v not in self.result and v not in skipped}
         return {
@@ -92,7 +151,11 @@ class PipelineResult:
             "skipped": len(skipped),
             "abstain_reasons": dict(Counter(_reason_kind(why) for why in abstained.values()).most_common()),
             "skipped_files": dict(self.skipped),
+            "missing_frames": dict(self.missing_frames),
+            "warnings": dict(self.warnings),
             "stage_seconds": {k: round(v, 2) for k, v in self.stage_seconds.items()},
+            "stages": {name: record.to_json() for name, record in self.stages.items()},
+            "peak_rss_mib": None if self.peak_rss_mib is None else round(self.peak_rss_mib, 1),
             "score": None if self.score is None else round(self.score["final"], 4),
         }
 
@@ -104,18 +167,27 @@ def _reason_kind(reason: str) -> str:
 
 
 class StageLog:
-    """``stages.json``: the key of each finished stage, so unchanged work is skipped on a rerun."""
+    """``stages.json``: per finished stage the key of its inputs, so unchanged work is skipped on a rerun, and
+    what computing it took (``seconds``, ``resumed_sources``), so a rerun can still report it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.keys: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+        raw = json.loads(path.read_text()) if path.is_file() else {}
+        # Files written before the timings held the bare key.
+        self.entries: dict[str, dict[str, Any]] = {k: v if isinstance(v, dict) else {"key": v}
+                                                   for k, v in raw.items()}
 
     def done(self, stage: str, key: str) -> bool:
-        return self.keys.get(stage) == key
+        return self.entries.get(stage, {}).get("key") == key
 
-    def finish(self, stage: str, key: str) -> None:
-        self.keys[stage] = key
-        write_json_atomic(self.path, self.keys, indent=1)
+    def computed(self, stage: str) -> dict[str, Any]:
+        """What the run that computed ``stage`` recorded (seconds, resumed files), where known."""
+        entry = self.entries.get(stage, {})
+        return {"seconds": entry.get("seconds"), "resumed_sources": entry.get("resumed_sources", 0)}
+
+    def finish(self, stage: str, key: str, seconds: float, resumed_sources: int) -> None:
+        self.entries[stage] = {"key": key, "seconds": round(seconds, 2), "resumed_sources": resumed_sources}
+        write_json_atomic(self.path, self.entries, indent=1)
 
 
 def _detector_config(spec: str | Path | DetectorConfig) -> DetectorConfig:
@@ -138,6 +210,14 @@ def _skipped(issues: IssueLog) -> dict[str, str]:
     return {issue.path: issue.problem for issue in issues.errors}
 
 
+def _embedder_weights_needed(specs: Sequence[tuple[EmbedderConfig, Path | None]]) -> None:
+    """A random-init embedder without a checkpoint would fail only after detection; refuse it now."""
+    for config, weights in specs:
+        if weights is None and config.model.init == "random":
+            raise ValueError(f"embedder config {config.name!r} starts from random weights: give its trained "
+                             "checkpoint instead of '-'")
+
+
 def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | str,
                  detector: ModelSpec | None = None, embedders: Sequence[ModelSpec] = DEFAULT_EMBEDDERS,
                  match_config: MatchConfig | Path | str | None = None, device: str = "auto",
@@ -146,47 +226,45 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
     """Run (or resume) every stage on ``data_roots`` into ``out_dir``; see the module docstring.
 
     ``stop_after`` ends the run after the named stage (the rest resume later).
-    Bad inputs (a corrupt clip or image) are skipped and listed in the result.
+    Wrong inputs raise before anything is written (``metric_sub.checks``);
+    bad files inside a root (a corrupt clip or image) are skipped and listed
+    in the result.
     """
     roots = [Path(data_roots)] if isinstance(data_roots, (str, Path)) else [Path(r) for r in data_roots]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if detector is None and not ground_truth_boxes:
         raise ValueError("give a detector (config, weights), or ground_truth_boxes=True for matching only")
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r}: not one of {STAGES}")
     config = match_config if isinstance(match_config, MatchConfig) else load_match_config(match_config)
+    specs = [(_embedder_config(c), _weights(w)) for c, w in embedders]
+    detector = None if detector is None else (_detector_config(detector[0]), Path(detector[1]))
+    check_inputs(roots, out, detector_weights=None if ground_truth_boxes or detector is None else detector[1],
+                 embedder_weights=[w for _, w in specs], device=device)
+    _embedder_weights_needed(specs)
+    prepare_out_dir(out)
     torch_device = pick_device(device)
     issues = IssueLog()
     data = load_dataset(roots, issues)
     stages = StageLog(out / "stages.json")
     outcome = PipelineResult(out, None)
+    meter = MemoryMeter()
 
     def timed(name: str, index: int) -> _Stage:
-        return _Stage(name, index, outcome.stage_seconds)
+        return _Stage(name, index, outcome, meter)
 
-    with timed("detect", 1):
+    with timed("detect", 1) as stage:
         refs = _detect_stage(data, roots, out, detector, ground_truth_boxes, str(torch_device), issues, stages,
-                             progress)
-    outcome.skipped = _skipped(issues)
+                             progress, stage)
+    _collect_issues(outcome, issues)
     if stop_after == "detect":
         outcome.stopped_after = "detect"
         return outcome
 
-    with timed("embed", 2):
-        embed_dir = out / "embed"
-        specs = [(_embedder_config(c), _weights(w)) for c, w in embedders]
-        key = digest([r.to_json() for r in refs], [model_key(c, w, torch_device) for c, w in specs])
-        if not (stages.done("embed", key) and (embed_dir / "embeddings.json").is_file()):
-            runners = [load_runner(c, w, torch_device) for c, w in specs]
-            # Clips are decoded again for their crops, with as many threads as the detector used.
-            workers = _detector_config(detector[0]).infer.decode_workers if detector else 2
-            # Small chunks: finer resume points and a progress bar whose ETA means something.
-            run_embedding(runners, refs, embed_dir, sources_per_chunk=16, workers=workers, progress=progress)
-            stages.finish("embed", key)
-        embeddings, meta = load_embeddings(embed_dir)
+    with timed("embed", 2) as stage:
+        embeddings, meta = _embed_stage(refs, out / "embed", specs, detector, torch_device, stages, progress, stage)
         issues.extend(IssueLog([_issue(i) for i in meta["issues"]]))  # crops that could not be read
-    outcome.skipped = _skipped(issues)
+    _collect_issues(outcome, issues)
     if stop_after == "embed":
         outcome.stopped_after = "embed"
         return outcome
@@ -214,42 +292,91 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
 
         with timed("report", 5):
             outcome.report_path = write_report(out, data, outcome, report_obj, matched.pairs)
+    outcome.peak_rss_mib = meter.process_peak_mib
     write_json_atomic(out / "summary.json", outcome.summary, indent=1)
     return outcome
 
 
 class _Stage:
-    """Logs a stage's start and end and records its wall time."""
+    """Logs a stage's start and end, and records its wall time and memory in ``outcome.stages``.
 
-    def __init__(self, name: str, index: int, seconds: dict[str, float]) -> None:
-        self.name, self.index, self.seconds = name, index, seconds
+    Freed memory the allocator kept during the stage is handed back at its end
+    (``release_freed_memory``), so one stage's peak does not stay resident
+    through the next.
+    """
+
+    def __init__(self, name: str, index: int, outcome: PipelineResult, meter: MemoryMeter) -> None:
+        self.name, self.index, self.outcome, self.meter = name, index, outcome, meter
+        self.record = outcome.stages[name] = StageRecord()
 
     def __enter__(self) -> _Stage:
         log.info("[%d/%d] %s", self.index, len(STAGES), self.name)
+        self.meter.start()
         self.started = time.perf_counter()
         return self
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
     def __exit__(self, *exc: object) -> None:
-        self.seconds[self.name] = time.perf_counter() - self.started
-        log.info("[%d/%d] %s: %.1f s", self.index, len(STAGES), self.name, self.seconds[self.name])
+        self.record.seconds = self.elapsed()
+        release_freed_memory()
+        self.record.memory = self.meter.stop()
+        log.info("[%d/%d] %s: %s", self.index, len(STAGES), self.name, self.record.describe())
 
 
-def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: ModelSpec | None, ground_truth: bool,
-                  device: str, issues: IssueLog, stages: StageLog, progress: bool) -> list:
+def _collect_issues(outcome: PipelineResult, issues: IssueLog) -> None:
+    """Skipped files and dropped parts of files, as the summary lists them."""
+    outcome.skipped = _skipped(issues)
+    warnings: dict[str, list[str]] = {}
+    for issue in issues.warnings:
+        warnings.setdefault(issue.path, []).append(issue.problem)
+    outcome.warnings = warnings
+
+
+def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: tuple[DetectorConfig, Path] | None,
+                  ground_truth: bool, device: str, issues: IssueLog, stages: StageLog, progress: bool,
+                  stage: _Stage) -> list:
     """Boxes of every shop image and sampled clip frame, as crop refs (skips recorded in ``issues``)."""
     if ground_truth or detector is None:
         return ground_truth_crops(data, min_frame=0, include_unlabelled=True)
-    cfg, weights = _detector_config(detector[0]), Path(detector[1])
+    cfg, weights = detector
     boxes_path = out / "boxes.json"
     key = digest([str(r.resolve()) for r in roots], cfg.model_dump(mode="json"), file_stamp(weights))
     if stages.done("detect", key) and boxes_path.is_file():
         document = json.loads(boxes_path.read_text())
+        stage.record.cached, stage.record.computed = True, stages.computed("detect")
+        log.info("detect: cached in %s (the inputs, config and weights are unchanged)", boxes_path)
     else:
         document = run_inference(cfg, weights, roots, boxes_path, device, IssueLog(), progress)
-        stages.finish("detect", key)
+        resumed = document.get("resumed", {})
+        stage.record.resumed_sources = resumed.get("images", 0) + resumed.get("videos", 0)
+        stages.finish("detect", key, stage.elapsed(), stage.record.resumed_sources)
     for skipped in document["skipped"]:
         issues.error(DataError(skipped["path"], skipped["problem"]))
+    stage.outcome.missing_frames = {m["video_id"]: {"count": len(m["frames"]), "frames": m["frames"],
+                                                    "file_frames": m["file_frames"]}
+                                    for m in document.get("missing_frames", [])}
     return boxes_document_to_refs(document, data, issues, str(boxes_path))
+
+
+def _embed_stage(refs: list, embed_dir: Path, specs: list[tuple[EmbedderConfig, Path | None]],
+                 detector: tuple[DetectorConfig, Path] | None, device: Any, stages: StageLog, progress: bool,
+                 stage: _Stage) -> tuple[Any, dict]:
+    """Every ref embedded by the ensemble (cached when the boxes and models are unchanged)."""
+    key = digest([r.to_json() for r in refs], [model_key(c, w, device) for c, w in specs])
+    if stages.done("embed", key) and (embed_dir / "embeddings.json").is_file():
+        stage.record.cached, stage.record.computed = True, stages.computed("embed")
+        log.info("embed: cached in %s (the boxes and models are unchanged)", embed_dir)
+    else:
+        runners = [load_runner(c, w, device) for c, w in specs]
+        # Clips are decoded again for their crops, with as many threads as the detector used.
+        workers = detector[0].infer.decode_workers if detector else 2
+        # Small chunks: finer resume points and a progress bar whose ETA means something.
+        stage.record.resumed_sources = finished_sources(runners, refs, embed_dir, sources_per_chunk=16)
+        run_embedding(runners, refs, embed_dir, sources_per_chunk=16, workers=workers, progress=progress)
+        stages.finish("embed", key, stage.elapsed(), stage.record.resumed_sources)
+    return load_embeddings(embed_dir)
 
 
 def format_summary(result: PipelineResult) -> str:
@@ -258,7 +385,15 @@ def format_summary(result: PipelineResult) -> str:
     lines = [f"clips {s['clips']}: matched {s['matched']}, abstained {s['abstained']}, skipped {s['skipped']}"]
     lines += [f"  abstained: {n} x {why}" for why, n in s["abstain_reasons"].items()]
     lines += [f"  skipped {path}: {why}" for path, why in s["skipped_files"].items()]
-    lines.append("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["stage_seconds"].items()))
+    lines += [f"  clip {clip}: frames {m['frames']} not in the file ({m['file_frames']} frames); no boxes there"
+              for clip, m in s["missing_frames"].items()]
+    if s["warnings"]:
+        lines.append(f"  {sum(map(len, s['warnings'].values()))} warnings on {len(s['warnings'])} files "
+                     f"(listed in summary.json)")
+    lines.append("time per stage: " + ", ".join(f"{k} {r.describe()}" for k, r in result.stages.items()))
+    peaks = [f"{k} {r.memory.peak_rss_mib:.0f}" for k, r in result.stages.items() if r.memory is not None]
+    if peaks and result.peak_rss_mib is not None:
+        lines.append(f"peak memory (MiB): {', '.join(peaks)}; whole run {result.peak_rss_mib:.0f}")
     if result.score is not None:
         levels = result.score["levels"]
         lines.append(f"contest score {result.score['final']:.4f} (F1 item {levels['item']['f1']:.3f}, "
@@ -298,22 +433,45 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _load_models(args: argparse.Namespace) -> tuple[ModelSpec | None, list[ModelSpec]]:
+    """The detector and embedder configs with their overrides; a config name that is neither a file nor
+    bundled fails naming it."""
+    pairs = (list(zip(args.embedders[::2], args.embedders[1::2])) if args.embedders
+             else list(DEFAULT_EMBEDDERS))
+    for name, _ in pairs:
+        check_config_name(name, "embedder")
+    embedders = [(load_embedder_config(name, args.embedder_set), weights) for name, weights in pairs]
+    if not args.detector:
+        return None, embedders
+    check_config_name(args.detector[0], "detector")
+    return (load_detector_config(args.detector[0], args.detector_set), args.detector[1]), embedders
+
+
+def _os_problem(exc: OSError) -> str:
+    """An operating-system error as one line naming the file."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
-    embedders = (list(zip(args.embedders[::2], args.embedders[1::2])) if args.embedders
-                 else list(DEFAULT_EMBEDDERS))
     try:
         config = load_match_config(args.match, args.overrides)
-        embedders = [(load_embedder_config(name, args.embedder_set), weights) for name, weights in embedders]
-        detector = ((load_detector_config(args.detector[0], args.detector_set), args.detector[1])
-                    if args.detector else None)
-        result = run_pipeline(args.paths[:-1], args.paths[-1], detector,
-                              embedders, config, args.device, args.ground_truth_boxes, args.stop_after,
-                              not args.no_report, not args.no_progress)
+        detector, embedders = _load_models(args)
+        with logging_redirect_tqdm():
+            result = run_pipeline(args.paths[:-1], args.paths[-1], detector,
+                                  embedders, config, args.device, args.ground_truth_boxes, args.stop_after,
+                                  not args.no_report, not args.no_progress)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {_os_problem(exc)} (the run stopped; run again to resume)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run again to resume", file=sys.stderr)
+        return 130
     if result.stopped_after:
         print(f"stopped after {result.stopped_after}; run again to resume")
         return 0

@@ -1,8 +1,9 @@
 """A static HTML report of a pipeline run, so a person can see at a glance why each clip got its answer.
 
 ``OUT_DIR/report.html`` opens in any browser without a server: a summary
-table (counts, time per stage, the contest score per level), then one row per
-clip with the chosen frame (``frame_box`` drawn) beside the chosen shop image
+table (counts, time and peak memory per stage, the contest score per level),
+the problems found (skipped files, sampled frames a clip does not hold, dropped
+parts of files), then one row per clip with the chosen frame (``frame_box`` drawn) beside the chosen shop image
 (``item_box`` drawn), the distance, the decision and, on annotated roots,
 right/wrong per level and the true item. Thumbnails are JPEG files in
 ``OUT_DIR/report/``. Written with the standard library only (``html.escape``).
@@ -93,10 +94,11 @@ def _summary_table(result: PipelineResult, report: ScoreReport | None) -> str:
     rows = [("clips", s["clips"]), ("matched", s["matched"]), ("abstained", s["abstained"]),
             ("skipped", s["skipped"])]
     rows += [(f"abstained: {why}", n) for why, n in s["abstain_reasons"].items()]
-    rows += [(f"skipped file {path}", why) for path, why in s["skipped_files"].items()]
-    rows += [(f"time {stage}", f"{sec:.1f} s") for stage, sec in s["stage_seconds"].items()]
+    finished = {stage: record for stage, record in result.stages.items() if record.memory is not None}
+    rows += [(f"time {stage}", record.describe()) for stage, record in finished.items()]
+    rows += [(f"peak memory {stage}", f"{record.memory.peak_rss_mib:.0f} MiB") for stage, record in finished.items()]
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    parts = [f'<table id="summary">{body}</table>']
+    parts = [f'<table id="summary">{body}</table>', _problems_table(s)]
     if report is not None:
         head = "<tr><th>level</th><th>P</th><th>R</th><th>F1</th><th>TP</th><th>FP</th><th>FN</th></tr>"
         lines = "".join(
@@ -106,6 +108,18 @@ def _summary_table(result: PipelineResult, report: ScoreReport | None) -> str:
         parts.append(f'<table id="score">{head}{lines}<tr><th colspan="3">final (0.2 item + 0.6 frame + 0.2 box)'
                      f'</th><td colspan="4"><b>{report.final:.4f}</b></td></tr></table>')
     return "\n".join(parts)
+
+
+def _problems_table(summary: dict) -> str:
+    """Every skipped file, clip with missing frames and dropped part of a file, one row each."""
+    rows = [("skipped", path, why) for path, why in summary["skipped_files"].items()]
+    rows += [("missing frames", f"clip {clip}", f"frames {m['frames']} not in the file ({m['file_frames']} "
+              "frames); no boxes there") for clip, m in summary["missing_frames"].items()]
+    rows += [("warning", path, why) for path, problems in summary["warnings"].items() for why in problems]
+    if not rows:
+        return '<table id="problems"><tr><th>problems</th><td>none</td></tr></table>'
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="problems"><tr><th>problem</th><th>where</th><th>what</th></tr>{body}</table>'
 
 
 def write_report(out_dir: Path | str, data: Dataset, result: PipelineResult, report: ScoreReport | None = None,

@@ -25,10 +25,12 @@ import pytest
 
 from bbox_sub.config import DetectorConfig, load_detector_config
 from bbox_sub.train import train as train_detector
+from dataset.frames import read_frames
 from dataset.layout import load_dataset
 from dataset.score import load_result
 from dataset.synth import SynthConfig, generate
-from metric_sub.pipeline import PipelineResult, run_pipeline
+from dataset.video_write import write_mp4
+from metric_sub.pipeline import PipelineResult, format_summary, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS = 6
@@ -91,6 +93,11 @@ def test_detector_run_writes_a_valid_result_and_a_summary(detector_run: Pipeline
     summary = json.loads((detector_run.out_dir / "summary.json").read_text())
     assert summary["clips"] == ITEMS and summary["matched"] + summary["abstained"] == ITEMS
     assert set(summary["stage_seconds"]) == {"detect", "embed", "match", "score", "report"}
+    for name, stage in summary["stages"].items():
+        assert stage["cached"] is False and stage["resumed_sources"] == 0, name
+        assert stage["peak_rss_mib"] > 0 and stage["end_rss_mib"] > 0, name
+        assert stage["peak_scope"] in ("stage", "process") and stage["peak_rss_mib"] <= summary["peak_rss_mib"]
+    assert summary["missing_frames"] == {}
     assert detector_run.score is not None and 0.0 <= detector_run.score["final"] <= 1.0
     assert summary["matched"] >= 2, detector_run.decisions  # the comparisons below are not vacuous
     for entry in json.loads(detector_run.result_path.read_text()).values():
@@ -122,6 +129,8 @@ def test_killed_run_resumes_to_the_same_result(detector_run: PipelineResult, pip
     resumed = run_pipeline(pipeline_inputs.test, out, (cfg_path, det_weights), [pipeline_inputs.embedder],
                            device="cpu", progress=False, report=False)
     assert resumed.result_path.read_bytes() == detector_run.result_path.read_bytes()
+    detect = json.loads((out / "summary.json").read_text())["stages"]["detect"]
+    assert not detect["cached"] and detect["resumed_sources"] >= 2, detect  # the two files done before the kill
 
     # Stopping between stages and resuming gives the same file too, and skips finished stages.
     staged = tmp_path / "staged"
@@ -133,6 +142,11 @@ def test_killed_run_resumes_to_the_same_result(detector_run: PipelineResult, pip
                           device="cpu", progress=False, report=False)
     assert second.result_path.read_bytes() == detector_run.result_path.read_bytes()
     assert (staged / "boxes.json").stat().st_mtime_ns == detected  # the finished stage was not rerun
+    # The rerun says detection was cached and keeps the time the first run took, instead of its own.
+    stages = json.loads((staged / "summary.json").read_text())["stages"]
+    computed = json.loads((staged / "stages.json").read_text())["detect"]["seconds"]
+    assert stages["detect"]["cached"] and stages["detect"]["computed"]["seconds"] == computed > 0
+    assert not stages["embed"]["cached"]
 
 
 def test_corrupt_clip_is_skipped_and_reported(pipeline_inputs: Inputs, tmp_path: Path) -> None:
@@ -149,6 +163,28 @@ def test_corrupt_clip_is_skipped_and_reported(pipeline_inputs: Inputs, tmp_path:
     assert all(not result.decisions[c].startswith("skipped") for c in clips[1:])
     boxes = json.loads((tmp_path / "out" / "boxes.json").read_text())
     assert {b["video_id"] for b in boxes["videos"]} == set(clips[1:])
+
+
+def test_frames_a_short_clip_lacks_are_counted_in_the_summary_and_report(pipeline_inputs: Inputs,
+                                                                        tmp_path: Path) -> None:
+    """A clip of 100 frames where the detector samples frames 80, 120 and 160: two are not in the file."""
+    root = shutil.copytree(pipeline_inputs.test, tmp_path / "root")
+    clip_id = sorted(load_dataset(root).videos)[0]
+    path = root / "video" / f"{clip_id}.mp4"
+    frames = read_frames(path, range(100)).frames
+    write_mp4(path, frames)
+    out = tmp_path / "out"
+    result = run_pipeline(root, out, pipeline_inputs.detector, [pipeline_inputs.embedder], device="cpu",
+                          progress=False)
+    expected = {"count": 2, "frames": [120, 160], "file_frames": 100}
+    assert json.loads((out / "summary.json").read_text())["missing_frames"] == {clip_id: expected}
+    assert "frames [120, 160] not in the file (100 frames)" in (out / "report.html").read_text()
+    assert "frames [120, 160] not in the file" in format_summary(result)
+    assert not result.decisions[clip_id].startswith("skipped"), "the frames it holds still count"
+    # A rerun finds detection cached and still reports them.
+    again = run_pipeline(root, out, pipeline_inputs.detector, [pipeline_inputs.embedder], device="cpu",
+                         progress=False, report=False)
+    assert again.stages["detect"].cached and again.summary["missing_frames"] == {clip_id: expected}
 
 
 def test_matching_beats_chance(pipeline_inputs: Inputs, tmp_path: Path) -> None:
