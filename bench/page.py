@@ -47,6 +47,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                        "python -m bench.embed_accuracy --synthetic --train-configs tiny --zero-shot"),
     "index": ("Gallery search: exact search (FAISS, torch) against IVF and IVF-PQ, with build time, memory, "
               "throughput, latency and recall against exact.", "python -m bench.index"),
+    "demo": ("The main job as a new user runs it, per seed from nothing: data generated, detector trained, "
+             "pipeline run; wall time, CPU time, precision and contest score.", "python -m bench.demo"),
     "e2e": ("The whole pipeline per setup: seconds per stage, clips per second and the contest score.",
             "python -m bench.e2e"),
     "match_rules": ("Contest score of the seed's voting rules, each deviation from them and the bundled or "

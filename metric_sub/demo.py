@@ -5,10 +5,10 @@
 1. generates a train root and a held-out test root with disjoint item ids
    (``OUT/data/train``, ``OUT/data/test``; reused when already there);
 2. fine-tunes the ImageNet-initialised EfficientNet-Lite0 detector (config
-   ``lite0``) on the train root (``OUT/detector``; reused when a checkpoint
-   of the same config is there). The tiny detector is not used: from random
-   weights it learns little in a few minutes of CPU time (AP50 0.19 on the
-   held-out items, where Lite0 reaches 0.8-0.9);
+   ``lite0``, its stem and first two stages frozen) on the train root
+   (``OUT/detector``; reused when a checkpoint of the same config is there).
+   The tiny detector is not used: from random weights it learns little in a
+   few minutes of CPU time;
 3. embeds crops with the ImageNet Lite0 embedder as it is, which pools its
    last block's maps when untrained (``model.conv_head``: with ground-truth
    boxes, 3 seeds of 30 held-out items score 0.91 / 0.72 / 0.76 instead of
