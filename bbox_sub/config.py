@@ -137,7 +137,7 @@ class InferConfig(StrictModel):
     frames: tuple[int, ...] = SEED_FRAMES
     decode_workers: int = 2
     precision: Precision = "bf16"
-    """Autocast dtype on CUDA; ``bf16`` also on CPUs with bf16 instructions (``dataset.runtime.autocast_dtype``)."""
+    """Autocast dtype on CUDA; ``bf16`` also on CPUs with bf16 instructions (``runtime.precision.autocast_dtype``)."""
     channels_last: bool = True
     compile: bool = False
     """``torch.compile`` the backbone + FPN on CUDA (shapes vary per clip size, so expect recompiles)."""

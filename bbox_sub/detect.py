@@ -10,8 +10,8 @@ from torchvision.models.detection.image_list import ImageList
 from bbox_sub.config import Precision
 from bbox_sub.model import Detector
 from bbox_sub.resize import resize, to_chw
-from dataset.fuse import example_images, fold_batch_norms, fuse_conv_activations
-from dataset.runtime import autocast, channels_last_pays
+from runtime.fuse import example_images, fold_batch_norms, fuse_conv_activations
+from runtime.precision import autocast, channels_last_pays
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ def _fuse_activations(model: Detector, example: torch.Tensor) -> None:
 
 class BatchDetector:
     """A detector in eval mode on a device, with mixed precision and channels_last where they pay
-    (``dataset.runtime.autocast_dtype``: CUDA, and CPUs with bf16 instructions).
+    (``runtime.precision.autocast_dtype``: CUDA, and CPUs with bf16 instructions).
 
     ``fuse`` folds the backbone's batch norms into its convolutions and, on a
     CPU, runs each convolution of the backbone, FPN and RPN head with its
-    activation as one oneDNN operation, in place (see ``dataset.fuse``): pass
+    activation as one oneDNN operation, in place (see ``runtime.fuse``): pass
     ``False`` for a model that goes on training.
     """
 

@@ -35,7 +35,7 @@ from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
 from dataset.records import Dataset, ShopImage, Video
-from dataset.runtime import pick_device
+from runtime.device import pick_device
 
 log = logging.getLogger(__name__)
 

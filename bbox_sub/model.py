@@ -31,7 +31,7 @@ from bbox_sub.config import ModelConfig
 from bbox_sub.postprocess import (best_survivors, clip_to_sizes, nms_by_group, padded_nms, rank_within,
                                   split_by_owner)
 from bbox_sub.roi_gather import pool_rois
-from dataset.pretrained import load_lite_weights
+from runtime.pretrained import load_lite_weights
 
 NUM_CLASSES = 2
 """Background and "clothes": torchvision reserves label 0 for background, so every garment box is label 1."""

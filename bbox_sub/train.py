@@ -29,8 +29,11 @@ from bbox_sub.evaluate import evaluate
 from bbox_sub.model import Detector, build_detector
 from dataset.errors import DataError, IssueLog
 from dataset.layout import load_dataset
-from dataset.runtime import (autocast, load_checkpoint, lr_factor, pick_device, rng_state, save_checkpoint,
-                             seed_everything, set_rng_state)
+from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.device import pick_device
+from runtime.precision import autocast
+from runtime.schedule import lr_factor
+from runtime.seeding import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 

@@ -198,9 +198,9 @@ def _cpu_model() -> str:
 
 
 def _cpu_bf16() -> bool | None:
-    """Whether a CPU run used bf16 autocast where asked (``dataset.runtime.cpu_has_bf16``); ``None`` without torch."""
+    """Whether a CPU run used bf16 autocast where asked (``runtime.precision.cpu_has_bf16``); ``None`` without torch."""
     try:
-        from dataset.runtime import cpu_has_bf16
+        from runtime.precision import cpu_has_bf16
     except ImportError:
         return None
     return cpu_has_bf16()

@@ -52,7 +52,7 @@ def _children_cpu_seconds() -> float:
 
 
 def _precision() -> str:
-    from dataset.runtime import cpu_has_bf16
+    from runtime.precision import cpu_has_bf16
 
     return "bf16" if cpu_has_bf16() else "fp32"
 

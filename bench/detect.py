@@ -10,7 +10,7 @@ count per frame as a trained model would (``--set
 model.rpn_post_nms_top_n_test=N`` changes it); the ``proposals`` column is the
 count that reached the RoI head, measured. torchvision's reference ``fasterrcnn_resnet50_fpn`` is timed in
 the same run on the same frames as the yardstick. Both run with ``--precision`` (bf16 by default) and
-channels_last where ``dataset.runtime`` finds them to pay: on CUDA, and on CPUs with bf16 instructions.
+channels_last where ``runtime.precision`` finds them to pay: on CUDA, and on CPUs with bf16 instructions.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ from bbox_sub.detect import BatchDetector
 from bbox_sub.model import Detector, build_detector
 from bbox_sub.resize import to_chw
 from bench.common import measure, print_table, write_result
-from dataset.fuse import NORMS
-from dataset.runtime import autocast, channels_last_pays, effective_dtype, pick_device
+from runtime.device import pick_device
+from runtime.fuse import NORMS
+from runtime.precision import autocast, channels_last_pays, effective_dtype
 
 RESULT = Path(__file__).resolve().parent / "results" / "detect.json"
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every config, e.g. model.rpn_post_nms_top_n_test=300")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
-                        help="autocast dtype where the device runs it (see dataset.runtime.autocast_dtype)")
+                        help="autocast dtype where the device runs it (see runtime.precision.autocast_dtype)")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--backbone-only", action="store_true",
                         help="also time backbone + FPN alone (what the box selection costs on top)")

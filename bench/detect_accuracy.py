@@ -26,7 +26,7 @@ from bbox_sub.train import train
 from bench.common import print_table, synthetic_splits, write_result
 from dataset.errors import IssueLog
 from dataset.layout import load_dataset
-from dataset.runtime import pick_device
+from runtime.device import pick_device
 
 RESULT = Path(__file__).resolve().parent / "results" / "detect_accuracy.json"
 

@@ -31,11 +31,12 @@ from bbox_sub.config import load_detector_config
 from bench.common import print_table, write_result
 from bench.detect import noise_frames, untrained_detector
 from dataset.layout import load_dataset
-from dataset.runtime import pick_device, save_checkpoint
 from dataset.synth import SynthConfig, generate
 from metric_sub.config import load_embedder_config
 from metric_sub.model import build_embedder
 from metric_sub.pipeline import PipelineResult, run_pipeline
+from runtime.checkpoint import save_checkpoint
+from runtime.device import pick_device
 
 SETUPS = {
     "tiny": ("tiny", ["tiny"]),

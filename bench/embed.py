@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from bench.common import measure, print_table, write_result
-from dataset.runtime import pick_device
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import ModelRunner, embed_crops
 from metric_sub.model import build_embedder
+from runtime.device import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

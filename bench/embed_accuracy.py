@@ -25,12 +25,12 @@ import torch
 from bench.common import Timer, print_table, synthetic_splits, write_result
 from dataset.errors import IssueLog
 from dataset.layout import load_dataset
-from dataset.runtime import pick_device
 from metric_sub.config import load_embedder_config
 from metric_sub.data import ground_truth_crops
 from metric_sub.embed import ModelRunner, embed_refs, load_runner
 from metric_sub.evaluate import retrieval_report
 from metric_sub.train import Trainer
+from runtime.device import pick_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "taobao_live_sample"

@@ -41,11 +41,11 @@ def prepare(base: Path, items: int) -> tuple[Path, Path]:
 
     from bbox_sub.config import CONFIG_DIR as DETECTOR_CONFIGS, load_detector_config
     from bbox_sub.model import build_detector
-    from dataset.runtime import save_checkpoint
     from dataset.synth import generate
     from dataset.synth.config import SynthConfig
     from metric_sub.config import CONFIG_DIR as EMBEDDER_CONFIGS, load_embedder_config
     from metric_sub.model import build_embedder
+    from runtime.checkpoint import save_checkpoint
 
     root = base / "data"
     generate(root, SynthConfig(items=items, seed=5, shop_size=256, shop_images_min=2, shop_images_max=3,

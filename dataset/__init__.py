@@ -3,7 +3,9 @@
 Everything that reads or writes the Taobao Live contest layout lives here once:
 annotation records and parsing, the dataset-root scanner, video frame reading,
 box utilities, the synthetic benchmark generator (``dataset.synth``) and the
-contest scorer (``dataset.score``).
+contest scorer (``dataset.score``). It imports no torch: how models run (device,
+precision, checkpoints, weights) lives in ``runtime``, so data tools and the
+scorer load without it (``tests/test_runtime.py`` holds that line).
 
 Colour convention: every image or frame held in memory by this project is an
 ``uint8`` array of shape ``(H, W, 3)`` in **RGB** order. Conversion to and from

@@ -101,7 +101,7 @@ class TrainConfig(StrictModel):
 
 class EmbedConfig(StrictModel):
     """Inference settings; ``dtype`` and ``channels_last`` apply on CUDA and on CPUs with bf16 instructions
-    (``dataset.runtime.autocast_dtype``), the others on CUDA only.
+    (``runtime.precision.autocast_dtype``), the others on CUDA only.
 
     ``compile`` wraps the model in ``torch.compile`` (one static graph, then
     one with symbolic height and width for the other buckets);
@@ -111,7 +111,7 @@ class EmbedConfig(StrictModel):
     ``batch_size`` so the batch dimension never changes. On a CPU batches
     hold at most ``cpu_batch_size`` crops: larger ones run no faster there,
     and the maps of one pass, which the CPU allocator keeps for the next
-    (``dataset.runtime.keep_freed_memory``), grow with the batch.
+    (``runtime.allocator.keep_freed_memory``), grow with the batch.
     """
 
     batch_size: int = Field(128, gt=0)

@@ -36,17 +36,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataset.errors import Issue, IssueLog
-from dataset.fuse import example_images, fold_batch_norms, fuse_conv_activations
 from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.prefetch import prefetch
 from dataset.records import Dataset
-from dataset.runtime import (autocast, channels_last_pays, effective_dtype, load_checkpoint, pick_device,
-                             release_freed_memory)
 from metric_sub.buckets import aspect_group, resize_to_bucket
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import CropRef, ground_truth_crops, iter_crops
 from metric_sub.model import Embedder, build_embedder
+from runtime.allocator import release_freed_memory
+from runtime.checkpoint import load_checkpoint
+from runtime.device import pick_device
+from runtime.fuse import example_images, fold_batch_norms, fuse_conv_activations
+from runtime.precision import autocast, channels_last_pays, effective_dtype
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class ModelRunner:
     weights: str | None = None
     fuse: bool = True
     """Fold the backbone's batch norms into its convolutions and, on a CPU, its activations too, in place
-    (``dataset.fuse``); off while training."""
+    (``runtime.fuse``); off while training."""
 
     def __post_init__(self) -> None:
         self.model.eval().to(self.device)

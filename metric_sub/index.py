@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 
 from dataset.config import StrictModel
-from dataset.runtime import pick_device
+from runtime.device import pick_device
 
 try:
     import faiss

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import ArcFaceLoss, CrossBatchMemory
 from torch import nn
 
-from dataset.pretrained import load_lite_weights
 from metric_sub.config import EmbedderConfig, LossConfig, ModelConfig
+from runtime.pretrained import load_lite_weights
 
 
 class GeM(nn.Module):

@@ -58,7 +58,6 @@ from dataset.jsonio import digest, file_stamp, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.memory import MemoryMeter, StageMemory
 from dataset.records import Dataset
-from dataset.runtime import pick_device, release_freed_memory
 from dataset.score import load_result, score, write_result
 from metric_sub.checks import check_config_name, check_inputs, prepare_out_dir
 from metric_sub.config import EmbedderConfig, load_embedder_config
@@ -66,6 +65,8 @@ from metric_sub.data import ground_truth_crops
 from metric_sub.embed import (boxes_document_to_refs, finished_sources, load_embeddings, load_runner, model_key,
                               run_embedding)
 from metric_sub.match import MatchConfig, load_match_config, match_embeddings
+from runtime.allocator import release_freed_memory
+from runtime.device import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,17 @@ from tqdm import tqdm
 from dataset.errors import IssueLog
 from dataset.identity import IdentityEncoder
 from dataset.layout import load_dataset
-from dataset.runtime import (autocast, load_checkpoint, lr_factor, pick_device, rng_state, save_checkpoint,
-                             seed_everything, set_rng_state)
 from metric_sub.augment import Augmenter
 from metric_sub.config import EmbedderConfig, load_embedder_config
 from metric_sub.data import CropCache, CropDataset, CropRef, GroupedBatchSampler, ground_truth_crops
 from metric_sub.embed import ModelRunner
 from metric_sub.evaluate import retrieval_report
 from metric_sub.model import ArcFaceHead, Embedder, build_embedder
+from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.device import pick_device
+from runtime.precision import autocast
+from runtime.schedule import lr_factor
+from runtime.seeding import rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from bbox_sub.model import load_detector
 from dataset.errors import DataError
 from dataset.frames import probe, read_frames
 from dataset.images import ImageTooLarge, image_size, read_image
-from dataset.runtime import pick_device
 from metric_sub.buckets import crop
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import embed_crops, load_runner, vector_settings
 from metric_sub.match import load_match_config
+from runtime.device import pick_device
 from service.batcher import Admission, MicroBatcher, PixelBudget
 from service.errors import ApiError
 from service.gallery import Kind, Snapshot, SourceBoxes

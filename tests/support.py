@@ -15,11 +15,11 @@ import yaml
 
 from bbox_sub.config import CONFIG_DIR as DETECTOR_CONFIGS, load_detector_config
 from bbox_sub.model import Detector, build_detector
-from dataset.runtime import save_checkpoint
 from dataset.synth import generate
 from dataset.synth.config import SynthConfig
 from metric_sub.config import CONFIG_DIR as EMBEDDER_CONFIGS, load_embedder_config
 from metric_sub.model import build_embedder
+from runtime.checkpoint import save_checkpoint
 
 UPLOAD_LIMIT = 1_000_000
 

@@ -17,9 +17,9 @@ from bbox_sub.schema import BoxesSchemaError, load_boxes, validate_boxes
 from bbox_sub.train import train
 from dataset.errors import IssueLog
 from dataset.images import write_image
-from dataset.runtime import save_checkpoint
 from dataset.synth import SynthConfig, generate
 from dataset.video_write import write_mp4
+from runtime.checkpoint import save_checkpoint
 
 STAGE = ("train.stages=[{name: s1, iterations: %d, base_lr: 0.02, batch_size: 2, schedule: cosine, "
          "warmup_iters: 2, min_sizes: [%s], max_size: 320}]")

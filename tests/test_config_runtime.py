@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from dataset.config import ConfigError, StrictModel, load_config
-from dataset.runtime import keep_freed_memory, load_checkpoint, lr_factor, pick_device, save_checkpoint
+from runtime.allocator import keep_freed_memory
+from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.device import pick_device
+from runtime.schedule import lr_factor
 
 
 class Solver(StrictModel):

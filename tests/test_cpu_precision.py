@@ -20,11 +20,11 @@ from torch import nn
 from bbox_sub.config import load_detector_config
 from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
-from dataset import runtime
-from dataset.runtime import autocast, autocast_dtype, channels_last_pays
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import ModelRunner
 from metric_sub.model import build_embedder
+from runtime import precision
+from runtime.precision import autocast, autocast_dtype, channels_last_pays
 from support import seeded_tiny_detector
 
 pytestmark = pytest.mark.cpu_kernels
@@ -34,7 +34,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def bf16_cpu() -> None:
-    if not runtime.cpu_has_bf16():
+    if not precision.cpu_has_bf16():
         pytest.skip("this CPU runs float32 (no AMX/AVX512-BF16, or limited by ATEN_CPU_CAPABILITY/ONEDNN_MAX_CPU_ISA)")
 
 
@@ -43,13 +43,13 @@ def bf16_cpu() -> None:
                                             ("NOT_AN_ISA", False)])
 def test_onednn_isa_limit_decides_bf16(monkeypatch: pytest.MonkeyPatch, limit: str, allowed: bool) -> None:
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
-    assert runtime.onednn_isa_allows_bf16() is allowed
+    assert precision.onednn_isa_allows_bf16() is allowed
 
 
 @pytest.mark.parametrize("variable, value", [("ATEN_CPU_CAPABILITY", "avx2"), ("ONEDNN_MAX_CPU_ISA", "AVX2")])
 def test_an_avx2_limit_turns_bf16_off_on_any_cpu(variable: str, value: str) -> None:
     """What an AVX2-only CPU runs, reproduced on any CPU by the limit torch and oneDNN read at start-up."""
-    code = ("import torch; from dataset.runtime import cpu_has_bf16, effective_dtype; "
+    code = ("import torch; from runtime.precision import cpu_has_bf16, effective_dtype; "
             "print(cpu_has_bf16(), effective_dtype(torch.device('cpu'), 'bf16'))")
     env = {**os.environ, variable: value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
@@ -59,7 +59,7 @@ def test_an_avx2_limit_turns_bf16_off_on_any_cpu(variable: str, value: str) -> N
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: native)
     assert autocast_dtype(CPU, "bf16") == (torch.bfloat16 if native else None)
     assert autocast_dtype(CPU, "fp16") is None and autocast_dtype(CPU, "fp32") is None
     assert channels_last_pays(CPU, "bf16") is native and not channels_last_pays(CPU, "fp32")

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from bbox_sub.detect import BatchDetector
-from dataset.runtime import true_fp32
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import ModelRunner
 from metric_sub.model import build_embedder
+from runtime.precision import true_fp32
 from support import seeded_tiny_detector
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

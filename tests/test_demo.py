@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bbox_sub.config import load_detector_config
-from dataset.runtime import save_checkpoint
 from metric_sub.config import load_embedder_config
 from metric_sub.demo import DETECTOR_SET, EMBEDDER_SET, reusable, trained_with
+from runtime.checkpoint import save_checkpoint
 
 
 def test_a_checkpoint_is_reused_only_under_its_own_config(tmp_path: Path) -> None:

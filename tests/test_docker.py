@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,14 @@ def test_dockerfile_copies_what_exists_and_runs_the_tested_scripts() -> None:
     for script in ("install.sh", "submit.sh", "serve.sh"):
         assert os.access(REPO / "docker" / script, os.X_OK), script
     assert "USER 10001" in text
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    """A package pyproject.toml installs but the image leaves out fails only when the image imports it."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    text = DOCKERFILE.read_text()
+    for package in (pattern.rstrip("*") for pattern in find["include"]):
+        assert f"COPY {package} {package}" in text, package
 
 
 def test_readme_installs_with_the_image_install_script() -> None:

@@ -11,11 +11,11 @@ from torch import nn
 from bbox_sub.config import load_detector_config
 from bbox_sub.detect import BatchDetector
 from bbox_sub.model import build_detector
-from dataset.fuse import NORMS, ConvActivation, fold_batch_norms, fuse_conv_activations
-from dataset.runtime import autocast, autocast_dtype
-from tests.support import seeded_tiny_detector
 from metric_sub.config import load_embedder_config
 from metric_sub.model import build_embedder
+from runtime.fuse import NORMS, ConvActivation, fold_batch_norms, fuse_conv_activations
+from runtime.precision import autocast, autocast_dtype
+from tests.support import seeded_tiny_detector
 
 pytestmark = pytest.mark.cpu_kernels
 

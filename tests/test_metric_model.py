@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from dataset.config import ConfigError
 from dataset.images import read_image
-from dataset.pretrained import load_lite_weights
 from metric_sub.config import CONFIG_DIR, load_embedder_config
 from metric_sub.model import ArcFaceHead, build_embedder
+from runtime.pretrained import load_lite_weights
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

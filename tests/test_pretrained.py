@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from dataset.pretrained import lite_timm_state_dict, load_lite_weights
+from runtime.pretrained import lite_timm_state_dict, load_lite_weights
 
 
 @pytest.mark.parametrize("variant", [0, 1, 2])

@@ -30,7 +30,7 @@ from timm.layers.padding import pad_same
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from dataset.runtime import true_fp32
+from runtime.precision import true_fp32
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d, FrozenBatchNormAct2d)
 """timm's ``freeze_batch_norm_2d`` turns norms into the two frozen kinds, which are not BatchNorm2d subclasses."""

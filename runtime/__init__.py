@@ -1,0 +1,23 @@
+"""How the models run: device, precision, allocator, threads, seeding, learning-rate schedule, checkpoints,
+inference-time layer fusion and offline ImageNet weights.
+
+Both stages, the service and the benchmarks train and run their networks
+through these helpers, so that the detector and the embedder behave the same
+on CPU and CUDA, resume the same way and load weights the same way. The data
+layer (``dataset``) stays free of torch; this package is where torch runs.
+Import from the submodules (``from runtime.device import pick_device``): each
+is small and imports only what it needs.
+
+- ``runtime.device``: ``pick_device``, ``torch_threads``
+- ``runtime.precision``: ``cpu_has_bf16``, ``onednn_isa_allows_bf16``, ``autocast_dtype``, ``effective_dtype``,
+  ``autocast``, ``channels_last_pays``, ``true_fp32``
+- ``runtime.allocator``: ``keep_freed_memory``, ``release_freed_memory`` (glibc; no torch)
+- ``runtime.seeding``: ``seed_everything``, ``rng_state``, ``set_rng_state``
+- ``runtime.schedule``: ``lr_factor``
+- ``runtime.checkpoint``: ``save_checkpoint``, ``load_checkpoint``
+- ``runtime.fuse``: ``fold_batch_norms``, ``fuse_conv_activations``
+- ``runtime.pretrained``: ``load_lite_weights``, ``lite_timm_state_dict``
+"""
+from __future__ import annotations
+
+__all__ = ["allocator", "checkpoint", "device", "fuse", "precision", "pretrained", "schedule", "seeding"]
