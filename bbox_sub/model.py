@@ -31,22 +31,11 @@ from bbox_sub.config import ModelConfig
 from bbox_sub.postprocess import (best_survivors, clip_to_sizes, nms_by_group, padded_nms, rank_within,
                                   split_by_owner)
 from bbox_sub.roi_gather import pool_rois
-from runtime.pretrained import load_lite_weights
+from runtime.checkpoint import load_state_dict
+from runtime.pretrained import load_backbone_file, load_lite_weights
 
 NUM_CLASSES = 2
 """Background and "clothes": torchvision reserves label 0 for background, so every garment box is label 1."""
-
-
-def _load_backbone_file(body: nn.Module, path: Path) -> None:
-    """Load a user's backbone weights; unused keys (a classifier) are fine, uncovered backbone tensors are not."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    missing, _ = body.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing:
-        raise RuntimeError(f"{path}: backbone weights lack {len(missing)} tensors, e.g. {missing[:3]}")
 
 
 def freeze_stages(body: nn.Module, freeze_at: int) -> int:
@@ -86,7 +75,7 @@ class TimmFPN(nn.Module):
                                  f"not {cfg.backbone}")
             load_lite_weights(body, int(cfg.backbone[-1]))
         if cfg.backbone_weights is not None:
-            _load_backbone_file(body, cfg.backbone_weights)
+            load_backbone_file(body, cfg.backbone_weights)
         if cfg.norm == "frozen":
             body = freeze_batch_norm_2d(body)
         elif cfg.norm == "sync":
@@ -434,6 +423,5 @@ def build_detector(cfg: ModelConfig) -> Detector:
 def load_detector(cfg: ModelConfig, weights: Path | str, map_location: str | torch.device = "cpu") -> Detector:
     """A detector with weights from a training checkpoint or a weights-only file of ``bbox_sub.train``."""
     model = Detector(cfg.model_copy(update={"pretrained": "none", "backbone_weights": None}))
-    state = torch.load(Path(weights), map_location=map_location, weights_only=False)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    model.load_state_dict(load_state_dict(weights, map_location, weights_only=False))
     return model

@@ -116,7 +116,9 @@ class Trainer:
     def run(self, fresh: bool = False, stop_after: int | None = None) -> Path | None:
         """Train every stage; returns the final weights, or ``None`` when ``stop_after`` steps ended the run early."""
         tc = self.cfg.train
-        resume = None if fresh or not (self.out / LAST).is_file() else load_checkpoint(self.out / LAST, self.device)
+        resume = None
+        if not fresh and (self.out / LAST).is_file():
+            resume = load_checkpoint(self.out / LAST, self.device, weights_only=False)
         if resume is not None:
             self.model.load_state_dict(resume["model"])
             log.info("resuming at stage %d step %d", resume["stage"], resume["step"])

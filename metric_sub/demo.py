@@ -33,7 +33,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel
 
 from bbox_sub.config import load_detector_config
@@ -43,6 +42,7 @@ from dataset.synth import SynthConfig, ensure
 from metric_sub.config import load_embedder_config
 from metric_sub.pipeline import format_summary, run_pipeline
 from metric_sub.train import Trainer
+from runtime.checkpoint import load_checkpoint
 
 SYNTH = SynthConfig(shop_size=256, shop_images_min=2, shop_images_max=4, clip_frames=161, clip_width=180,
                     clip_height=320, uncatalogued_share=0.0, clutter=1)
@@ -55,7 +55,7 @@ def trained_with(checkpoint: Path, config: BaseModel) -> bool:
     """Whether this very config wrote the checkpoint (training saves its config in every checkpoint)."""
     if not checkpoint.is_file():
         return False
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("config")
+    saved = load_checkpoint(checkpoint, weights_only=False).get("config")
     return saved == config.model_dump(mode="json")
 
 

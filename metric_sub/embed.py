@@ -205,7 +205,7 @@ def load_runner(config: EmbedderConfig, weights: Path | str | None, device: torc
 def load_trained_weights(model: Embedder, config: EmbedderConfig, weights: Path | str) -> None:
     """Load a checkpoint whose network must be the config's; when it is not, say which model settings it
     was trained with differ (training stores its config), rather than only which tensors do not fit."""
-    state = load_checkpoint(weights)
+    state = load_checkpoint(weights, weights_only=False)
     try:
         model.load_state_dict(state.get("model", state))
     except RuntimeError as error:

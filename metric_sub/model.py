@@ -8,7 +8,6 @@ depend on the number of training identities.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import timm
 import torch
@@ -17,7 +16,7 @@ from pytorch_metric_learning.losses import ArcFaceLoss, CrossBatchMemory
 from torch import nn
 
 from metric_sub.config import EmbedderConfig, LossConfig, ModelConfig
-from runtime.pretrained import load_lite_weights
+from runtime.pretrained import load_backbone_file, load_lite_weights
 
 
 class GeM(nn.Module):
@@ -116,30 +115,8 @@ def build_embedder(config: EmbedderConfig, trained: bool = True) -> Embedder:
     if config.model.init == "lite":
         load_lite_weights(model.backbone, int(config.model.backbone.removeprefix("tf_efficientnet_lite")))
     elif config.model.init == "file":
-        load_backbone_file(model, Path(config.model.weights))
+        load_backbone_file(model, config.model.weights, backbone="backbone")
     return model
-
-
-def load_backbone_file(model: Embedder, path: Path) -> None:
-    """Load a local state_dict into the backbone, or into the whole model when it carries the head too.
-
-    Accepts a bare state_dict, ``{"model": ...}`` or the seed's ``{"model_state_dict": ...}``;
-    classifier tensors are ignored. Every backbone tensor must be covered, so a
-    wrong file fails here instead of silently training from scratch.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "model_state_dict", "state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    full = any(k.startswith("backbone.") for k in state)
-    target: nn.Module = model if full else model.backbone
-    own = target.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")
-               and (full or not k.startswith("classifier"))]
-    if missing:
-        raise RuntimeError(f"{path}: {len(missing)} tensors of the model not in the file, e.g. {missing[:3]}")
-    target.load_state_dict(usable, strict=False)
 
 
 class ArcFaceMemory(CrossBatchMemory):

@@ -134,7 +134,7 @@ class Trainer:
         return save_checkpoint(self.out / name, self.state())
 
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path, self.device)
+        state = load_checkpoint(path, self.device, weights_only=False)
         if state["identities"] != self.encoder.ids:
             raise ValueError(f"{path} was trained on other identities than {self.out / 'identities.json'}: "
                              "same data roots are needed to resume")

@@ -14,9 +14,10 @@ is small and imports only what it needs.
 - ``runtime.allocator``: ``keep_freed_memory``, ``release_freed_memory`` (glibc; no torch)
 - ``runtime.seeding``: ``seed_everything``, ``rng_state``, ``set_rng_state``
 - ``runtime.schedule``: ``lr_factor``
-- ``runtime.checkpoint``: ``save_checkpoint``, ``load_checkpoint``
+- ``runtime.checkpoint``: ``save_checkpoint``, ``load_checkpoint`` (every ``torch.load`` of the project),
+  ``load_state_dict``, ``CheckpointError``
 - ``runtime.fuse``: ``fold_batch_norms``, ``fuse_conv_activations``
-- ``runtime.pretrained``: ``load_lite_weights``, ``lite_timm_state_dict``
+- ``runtime.pretrained``: ``load_lite_weights``, ``lite_timm_state_dict``, ``load_backbone_file``
 """
 from __future__ import annotations
 

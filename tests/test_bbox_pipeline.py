@@ -19,7 +19,7 @@ from dataset.errors import IssueLog
 from dataset.images import write_image
 from dataset.synth import SynthConfig, generate
 from dataset.video_write import write_mp4
-from runtime.checkpoint import save_checkpoint
+from runtime.checkpoint import load_checkpoint, save_checkpoint
 
 STAGE = ("train.stages=[{name: s1, iterations: %d, base_lr: 0.02, batch_size: 2, schedule: cosine, "
          "warmup_iters: 2, min_sizes: [%s], max_size: 320}]")
@@ -103,8 +103,8 @@ def test_resume_reaches_the_same_weights(tmp_path: Path) -> None:
     straight = train(cfg, [root], tmp_path / "straight", device="cpu")
     assert train(cfg, [root], tmp_path / "resumed", device="cpu", stop_after=3) is None
     resumed = train(cfg, [root], tmp_path / "resumed", device="cpu")
-    a = torch.load(straight, weights_only=False)["model"]
-    b = torch.load(resumed, weights_only=False)["model"]
+    a = load_checkpoint(straight, weights_only=False)["model"]
+    b = load_checkpoint(resumed, weights_only=False)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "resumed")[-1] == _losses(tmp_path / "straight")[-1]

@@ -58,7 +58,7 @@ def test_lr_schedules() -> None:
 
 def test_checkpoint_round_trip_and_device(tmp_path: Path) -> None:
     state = {"w": torch.arange(4.0), "step": 3}
-    loaded = load_checkpoint(save_checkpoint(tmp_path / "ck" / "last.pt", state))
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ck" / "last.pt", state), weights_only=False)
     assert loaded["step"] == 3 and torch.equal(loaded["w"], state["w"])
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():

@@ -14,6 +14,7 @@ from metric_sub.config import load_embedder_config
 from metric_sub.data import ground_truth_crops
 from metric_sub.embed import boxes_to_refs, load_embeddings, load_runner, main as embed_main, run_embedding
 from metric_sub.train import Trainer
+from runtime.checkpoint import load_checkpoint
 
 TINY = ["data.bucket_scale=0.2", "train.batch_size=8", "data.augment=false"]
 
@@ -39,7 +40,7 @@ def synth_roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return load_checkpoint(path, weights_only=False)["model"]
 
 
 def test_ground_truth_crops_follow_the_seed_rules(synth_roots: tuple[Path, Path]) -> None:
@@ -61,7 +62,7 @@ def test_arcface_loss_falls_and_best_checkpoint_is_kept(synth_roots: tuple[Path,
     assert {"recall@1", "recall@5", "match_acc"} <= set(history[0])
     assert best == max(history, key=lambda r: r["recall@1"])
     assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
-    assert torch.load(tmp_path / "best.pt", weights_only=False)["epoch"] == best["epoch"] + 1
+    assert load_checkpoint(tmp_path / "best.pt", weights_only=False)["epoch"] == best["epoch"] + 1
 
 
 def test_resume_continues_exactly(synth_roots: tuple[Path, Path], tmp_path: Path) -> None:

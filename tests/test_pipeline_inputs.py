@@ -87,6 +87,15 @@ def test_missing_weights_are_named_before_anything_is_written(layout: dict[str, 
     assert not out.exists()
 
 
+def test_weights_that_are_not_a_checkpoint_are_one_line_naming_them(layout: dict[str, Path],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A text file given as weights passes the input checks (it is there and readable); loading it then names it
+    in one line instead of ending in a pickle traceback."""
+    out = layout["base"] / "out"
+    done = _run_main(capsys, layout["root"], out, "--ground-truth-boxes", "--embedders", "tiny", layout["weights"])
+    assert "not a PyTorch checkpoint" in _one_line_error(done, layout["weights"])
+
+
 def test_missing_root_and_unknown_config_are_named(layout: dict[str, Path],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = layout["base"] / "out"
