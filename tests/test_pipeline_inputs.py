@@ -60,6 +60,16 @@ def _one_line_error(done: subprocess.CompletedProcess, *named: Path | str) -> st
     return lines[0]
 
 
+def test_run_sh_help_prints_every_option() -> None:
+    """``--help`` and ``-h`` are a user's first try: the pipeline's whole help and exit 0, not a usage error."""
+    for flag in ("--help", "-h"):
+        done = _run_sh(flag)
+        assert done.returncode == 0, done.stderr
+        assert "--detector" in done.stdout and "--embedders" in done.stdout and "--ground-truth-boxes" in done.stdout
+    done = _run_sh()
+    assert done.returncode == 2 and "--help" in done.stderr
+
+
 def test_unwritable_output_folder_is_one_line_naming_it(layout: dict[str, Path],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = layout["blocker"] / "out"
