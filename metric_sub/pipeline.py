@@ -76,6 +76,8 @@ ModelSpec = tuple[str | Path | DetectorConfig | EmbedderConfig, str | Path | Non
 """A config (bundled name, YAML path or loaded config) and its weights (``None``: ImageNet init, Lite only)."""
 
 DEFAULT_EMBEDDERS: tuple[ModelSpec, ...] = (("lite0", None), ("lite1", None), ("lite2", None))
+EMBED_SOURCES_PER_CHUNK = 16
+"""Small chunks: finer resume points and a progress bar whose ETA means something."""
 
 
 @dataclass
@@ -373,9 +375,8 @@ def _embed_stage(refs: list, embed_dir: Path, specs: list[tuple[EmbedderConfig, 
         runners = [load_runner(c, w, device) for c, w in specs]
         # Clips are decoded again for their crops, with as many threads as the detector used.
         workers = detector[0].infer.decode_workers if detector else 2
-        # Small chunks: finer resume points and a progress bar whose ETA means something.
-        stage.record.resumed_sources = finished_sources(runners, refs, embed_dir, sources_per_chunk=16)
-        run_embedding(runners, refs, embed_dir, sources_per_chunk=16, workers=workers, progress=progress)
+        stage.record.resumed_sources = finished_sources(runners, refs, embed_dir, EMBED_SOURCES_PER_CHUNK)
+        run_embedding(runners, refs, embed_dir, EMBED_SOURCES_PER_CHUNK, workers=workers, progress=progress)
         stages.finish("embed", key, stage.elapsed(), stage.record.resumed_sources)
     return load_embeddings(embed_dir)
 

@@ -56,6 +56,17 @@ def _problem(exc: DataError, path: Path) -> str:
     return exc.problem.replace(str(path), path.name).replace(f"{path.parent}/", "")
 
 
+def _refuse_or_skip(exc: DataError, path: Path, strict: bool) -> str:
+    """An unreadable shop image: refused when too large (always) or when ``strict``, else the line that says
+    it was skipped."""
+    message = f"{path.name}: {_problem(exc, path)}"
+    if isinstance(exc, ImageTooLarge):
+        raise ApiError(422, "image_too_large", message) from None
+    if strict:
+        raise ApiError(422, "corrupt_file", message) from None
+    return message
+
+
 class Engine:
     """The loaded models, their batchers and the matcher settings."""
 
@@ -127,12 +138,8 @@ class Engine:
         for path in files:
             try:
                 width, height = image_size(path)
-            except ImageTooLarge as exc:
-                raise ApiError(422, "image_too_large", f"{path.name}: {_problem(exc, path)}") from None
             except DataError as exc:
-                if strict:
-                    raise ApiError(422, "corrupt_file", f"{path.name}: {_problem(exc, path)}") from None
-                skipped.append(f"{path.name}: {_problem(exc, path)}")
+                skipped.append(_refuse_or_skip(exc, path, strict))
                 continue
             if width * height > self.limits.max_image_pixels:
                 raise ApiError(422, "image_too_large", f"{path.name}: {width}x{height} pixels; the limit is "
@@ -158,9 +165,7 @@ class Engine:
                     pictures.append(await self._in_thread(read_image, path))
                     names.append(path.stem)
                 except DataError as exc:
-                    if strict:
-                        raise ApiError(422, "corrupt_file", f"{path.name}: {_problem(exc, path)}") from None
-                    skipped.append(f"{path.name}: {_problem(exc, path)}")
+                    skipped.append(_refuse_or_skip(exc, path, strict))
             if not pictures:
                 raise ApiError(422, "corrupt_file", "no readable image: " + "; ".join(skipped))
             key = (self.infer.image_short_side, self.infer.image_max_size)
