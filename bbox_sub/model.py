@@ -218,10 +218,10 @@ class ChannelsLastMLPHead(TwoMLPHead):
     (``roi_gather``'s) without reordering them.
 
     Flattening such a ``(RoIs, C, 7, 7)`` tensor in torchvision's (C, y, x)
-    order copies it through a transpose: 71 ms of a 0.9 s Lite2 call on 4
-    frames, in bf16 on the 2-core CPU. Read in (y, x, C) order it is a free
-    view, and ``fc6``'s columns are put in that order instead, once per
-    weight version and dtype (in the autocast dtype, which also spares
+    order copies every pooled RoI through a transpose on every call (the CPU
+    detector's speed with this head: bench/results/detect_cpu_bf16.json).
+    Read in (y, x, C) order it is a free view, and ``fc6``'s columns are put
+    in that order instead, once per weight version and dtype (in the autocast dtype, which also spares
     autocast casting the weight for every FPN level). Training keeps
     torchvision's path, as the cached weight would not follow the updates.
     """

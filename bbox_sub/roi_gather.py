@@ -1,10 +1,11 @@
 """RoI align on a CPU as one weighted gather of feature rows (``embedding_bag``).
 
 torchvision's CPU ``roi_align`` walks every RoI through all 256 channel
-planes of a feature map one plane at a time, on one thread: at 1000
-proposals per frame it took half of a bf16 detector's CPU time. Each output
-bin of RoI align (``aligned=False``, a fixed sampling ratio) is a weighted sum
-of 4 x ratio^2 feature pixels, so the whole pooling is ``embedding_bag`` over
+planes of a feature map one plane at a time, on one thread, so at 1000
+proposals per frame the pooling costs about as much as the rest of a bf16
+detector (its CPU speed with this pooling: bench/results/detect_cpu_*.json).
+Each output bin of RoI align (``aligned=False``, a fixed sampling ratio) is a
+weighted sum of 4 x ratio^2 feature pixels, so the whole pooling is ``embedding_bag`` over
 the map read as a ``(N * H * W, C)`` table, which is free to form from a
 channels_last map, with the bilinear weights as per-sample weights: every
 read is a contiguous channel row, and the kernel runs on every core.

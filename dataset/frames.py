@@ -11,7 +11,7 @@ model. Two backends give the same pixels on H.264 clips (the tests check it):
 * ``opencv``: one ``cv2.VideoCapture`` that ``grab()``s every frame up to the
   last wanted one and converts (``retrieve()``) only the wanted ones. Seeking
   with ``CAP_PROP_POS_FRAMES`` would re-decode from the keyframe for every
-  frame, which is several times slower (see ``bench/decode.py``).
+  frame, which is several times slower (``bench/results/decode.json``).
 
 ``backend="auto"`` takes decord when it is installed and falls back to OpenCV
 for a file that decord cannot open or decode; the environment variable

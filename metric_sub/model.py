@@ -99,8 +99,8 @@ def drop_conv_head(backbone: nn.Module, name: str) -> None:
 
 def init_neck(neck: nn.Linear) -> None:
     """A fixed initial projection rather than one from the global random stream: an untrained (zero-shot)
-    embedder is this projection of ImageNet features, and with an unseeded stream its retrieval recall moved
-    by 0.03 from one process to the next. A neck no wider than its output starts as an isometry (orthonormal
+    embedder is this projection of ImageNet features, and with an unseeded stream its retrieval recall changed
+    from one process to the next. A neck no wider than its output starts as an isometry (orthonormal
     columns), so that the untrained embedder keeps the pooled features' cosines exactly."""
     generator = torch.Generator().manual_seed(0)
     if neck.in_features <= neck.out_features:

@@ -36,11 +36,13 @@ def keep_freed_memory() -> bool:
 
     glibc serves every block above 32 MB with its own ``mmap`` and unmaps it
     when freed, so each CPU forward pass page-faults its feature maps in
-    afresh: about a quarter of a Lite2 detector call on 4 frames (figures in
-    the readme). Without ``mmap`` (``M_MMAP_MAX`` 0) and without trimming, the
-    heap keeps whatever a pass freed; glibc cannot raise its mmap threshold
-    above 32 MB instead. What is kept is bounded by ``release_freed_memory``,
-    which a batch run calls between clips, chunks and stages.
+    afresh, a cost that grows with the maps rather than with the arithmetic
+    (speeds measured with this setting: bench/results/detect_cpu_bf16.json,
+    embed_cpu_bf16.json; memory: e2e_untrained_cpu.json). Without ``mmap``
+    (``M_MMAP_MAX`` 0) and without trimming, the heap keeps whatever a pass
+    freed; glibc cannot raise its mmap threshold above 32 MB instead. What is
+    kept is bounded by ``release_freed_memory``, which a batch run calls
+    between clips, chunks and stages.
     ``SHOPMATCH_MALLOC=system`` leaves the allocator as it is; other C
     libraries are left alone.
     """

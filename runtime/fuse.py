@@ -17,7 +17,9 @@ On a CPU, ``fuse_conv_activations`` then hands each convolution and the
 in-place ReLU, ReLU6 or SiLU after it to oneDNN as one operation (the
 activation as a post-op of the convolution), as PyTorch's own compiler does
 for CPUs. The activation was a second pass over a map the size of the
-convolution's output: on the Lite2 detector that pass took a fifth of a call.
+convolution's output, one more read and write of every activation map (the
+speeds measured with the fusion: bench/results/detect_cpu_bf16.json,
+embed_cpu_bf16.json).
 """
 from __future__ import annotations
 

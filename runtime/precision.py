@@ -36,7 +36,8 @@ ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE"
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AMX or AVX512-BF16) and may use it.
 
-    There oneDNN runs bf16 convolutions several times faster than float32;
+    There oneDNN runs bf16 convolutions several times faster than float32
+    (bench/results/detect_cpu_bf16.json against detect_cpu_fp32.json);
     without those instructions oneDNN's bf16 convolutions are slower, or
     refused outright on CPUs without AVX-512 (AVX2-only AMD and Intel parts),
     so autocast stays off. The hardware answer is lowered by the limits a user
