@@ -7,7 +7,7 @@ the sampled frames of a clip are decoded once (``dataset.frames``) and go
 through as one batch, while the next clips decode. Results of every finished
 file are appended to ``<out>.cache.jsonl``, so a crashed or interrupted run
 continues where it stopped; the output itself is written atomically at the
-end (schema: ``bbox_sub.schema``). A corrupt image or clip is reported and
+end (schema: ``dataset.boxes_file``). A corrupt image or clip is reported and
 skipped; sampled frames a clip does not hold are listed in ``missing_frames``.
 A resumed run says how many files it found done (``resumed``).
 """
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bbox_sub.aspect import aspect_group, box_aspect
+from dataset.boxes import aspect_group, box_aspect
 from bbox_sub.config import DetectorConfig, InferConfig, load_detector_config
 from bbox_sub.detect import BatchDetector, Detections
 from bbox_sub.model import load_detector
-from bbox_sub.schema import FORMAT, VERSION, validate_boxes
+from dataset.boxes_file import FORMAT, VERSION, validate_boxes
 from dataset.boxes import clip_box, is_degenerate
 from dataset.errors import DataError, IssueLog
 from dataset.frames import read_frames_many

@@ -1,4 +1,4 @@
-"""The main job as a user runs it: ``python -m metric_sub.demo`` per seed, from nothing, timed whole.
+"""The main job as a user runs it: ``python -m pipeline.demo`` per seed, from nothing, timed whole.
 
 Run from the repository root::
 
@@ -32,7 +32,7 @@ COLUMNS = ["seed", "precision", "score", "matched", "clips", "wall_s", "cpu_s", 
 def run_seed(seed: int, folder: Path) -> dict:
     """One demo run in its own process; wall and CPU seconds and the peak memory come from the OS."""
     shutil.rmtree(folder, ignore_errors=True)
-    cmd = [sys.executable, "-m", "metric_sub.demo", "--out", str(folder), "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "pipeline.demo", "--out", str(folder), "--seed", str(seed)]
     cpu_before, started = _children_cpu_seconds(), time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = [run_seed(seed, args.work / f"seed{seed}") for seed in args.seeds]
     print_table(rows, COLUMNS)
-    print(f"wrote {write_result(args.out, 'demo', rows, {'command': 'python -m metric_sub.demo --seed N'})}")
+    print(f"wrote {write_result(args.out, 'demo', rows, {'command': 'python -m pipeline.demo --seed N'})}")
     return 0
 
 

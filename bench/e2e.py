@@ -4,7 +4,7 @@
 [--weights SETUP DETECTOR EMBEDDER[,EMBEDDER...]] [--keep DIR]``
 
 Setups: ``tiny`` (tiny detector + tiny embedder), ``demo`` (Lite0 detector +
-Lite0 embedder, what ``metric_sub.demo`` trains), ``light`` (Lite2 detector +
+Lite0 embedder, what ``pipeline.demo`` trains), ``light`` (Lite2 detector +
 Lite0/1/2 ensemble), ``seed`` (VoVNet-99 detector + the seed's four
 EfficientNets). A setup without ``--weights`` runs with untrained detector
 weights (and ImageNet weights for the Lite embedders): its timing is real,
@@ -34,7 +34,7 @@ from dataset.layout import load_dataset
 from dataset.synth import SynthConfig, generate
 from metric_sub.config import load_embedder_config
 from metric_sub.model import build_embedder
-from metric_sub.pipeline import PipelineResult, run_pipeline
+from pipeline.run import PipelineResult, run_pipeline
 from runtime.checkpoint import save_checkpoint
 from runtime.device import pick_device
 
@@ -105,15 +105,18 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(out, ignore_errors=True)
             det_cfg = load_detector_config(detector, args.detector_set)
             emb_cfgs = [load_embedder_config(name, args.embedder_set) for name in embedders]
-            result = run_pipeline(data, out, (det_cfg, weights[0]), list(zip(emb_cfgs, weights[1])),
-                                  device=str(device), report=False)
+            result = run_pipeline(data, out, detector=(det_cfg, weights[0]),
+                                  embedders=list(zip(emb_cfgs, weights[1])), device=str(device), report=False)
             seconds = result.stage_seconds
-            total = seconds["detect"] + seconds["embed"] + seconds["match"]
+            total = seconds["encode"] + seconds["match"]
+            steps = result.stages["encode"].steps or {}
             rows.append({"setup": setup, "device": str(device), "trained": setup in trained, "clips": clips,
-                         "detect_s": seconds["detect"], "embed_s": seconds["embed"], "match_s": seconds["match"],
+                         "encode_s": seconds["encode"], **{f"{k}_s": v for k, v in steps.items()},
+                         "match_s": seconds["match"],
                          "clips_per_s": clips / total if total else None, "matched": len(result.result),
                          "score": result.score["final"] if result.score else None, **_peak_memory(result)})
-    columns = ["setup", "device", "trained", "clips", "detect_s", "embed_s", "match_s", "clips_per_s", "matched",
+    columns = ["setup", "device", "trained", "clips", "encode_s", "read_s", "detect_s", "embed_s", "write_s",
+               "match_s", "clips_per_s", "matched",
                "score", "peak_rss_mib"]
     print_table(rows, columns)
     write_result(args.out, "e2e", rows, {"data": str(args.data or f"synthetic, {args.items} items, defaults"),

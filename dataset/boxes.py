@@ -1,4 +1,8 @@
-"""Box utilities in the contest's ``[x1, y1, x2, y2]`` absolute-pixel convention."""
+"""Box utilities in the contest's ``[x1, y1, x2, y2]`` absolute-pixel convention, and the seed's aspect groups.
+
+A box's aspect group is the index of the nearest of twelve width/height templates; the embedder resizes each
+crop to the input size of its group, so the group is decided once, where the box is found, and travels with it.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -52,3 +56,17 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+ASPECT_TEMPLATES: tuple[float, ...] = (0.25, 0.335, 0.415, 0.5, 0.5721925, 0.66857143, 0.8, 1.0, 1.25,
+                                       1.4957264, 1.74766355, 2.0)
+
+
+def box_aspect(box: Sequence[float]) -> float:
+    """Width over height of an ``[x1, y1, x2, y2]`` box (a zero height counts as one pixel)."""
+    return float(box[2] - box[0]) / max(float(box[3] - box[1]), 1.0)
+
+
+def aspect_group(box_or_aspect: Sequence[float] | float) -> int:
+    """``argmin |w/h - template|``, ties to the smaller template as ``numpy.argmin`` does."""
+    aspect = box_or_aspect if isinstance(box_or_aspect, (int, float)) else box_aspect(box_or_aspect)
+    return int(np.argmin(np.abs(np.asarray(ASPECT_TEMPLATES) - float(aspect))))

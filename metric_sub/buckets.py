@@ -1,6 +1,6 @@
 """Aspect buckets: every crop is resized to the size of its aspect group, so a batch has one shape.
 
-The group of a box is the detector's (``bbox_sub.aspect``: nearest of the
+The group of a box is the detector's (``dataset.boxes``: nearest of the
 seed's 12 aspect templates), carried in the boxes JSON for detected boxes and
 computed the same way for ground-truth boxes, so that training and inference
 bucket a crop identically. The size per group is the 'SM' table of
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from bbox_sub.aspect import aspect_group
+from dataset.boxes import aspect_group
 from dataset.boxes import clip_box, is_degenerate
 
 __all__ = ["aspect_group", "crop", "limit_side", "resize_to_bucket"]

@@ -1,52 +1,38 @@
-"""Batched embedding of crops by one model or an ensemble, resumable, as arrays plus row metadata.
+"""Batched embedding of crops by one model or an ensemble, and the embeddings files the matcher reads.
 
-Output of a run in ``--out DIR`` (what the matcher reads):
+``embed_crops`` runs crops through every model of an ensemble; the models' unit vectors are concatenated and
+re-normalised (the seed's ensemble), so columns ``offset_k .. offset_k + dim_k`` re-normalised give model k
+alone. A run's output folder (``pipeline``) holds:
 
-* ``embeddings.npy``: float32 ``(N, D)``, every row unit-norm. For an
-  ensemble, the models' unit vectors are concatenated and re-normalised, so
-  columns ``offset_k .. offset_k + dim_k`` re-normalised give model k alone.
-* ``embeddings.json``: ``{"format", "dim", "models": [{"name", "config",
-  "weights", "dim", "offset"}], "rows": [...], "issues": [...]}``; row i
-  describes embeddings[i]: ``kind`` (image/video), ``source_id`` plus
-  ``item_id`` or ``video_id``, ``file``, ``path``, ``frame`` (null for
-  images), ``box`` [x1, y1, x2, y2], ``score``, ``group`` and
-  ``instance_id`` (ground truth, 0 when unknown). Boxes whose pixels could
-  not be read have no row; ``issues`` says why.
-
-Work is done in chunks of sources (images and clips); each finished chunk is
-saved under ``DIR/chunks/`` keyed by its boxes and the models, so a rerun
-after a crash, or with more boxes, only computes what is new. Every clip of a
-chunk is decoded once and its crops go through every model of the ensemble.
+* ``embeddings.npy``: float32 ``(N, D)``, every row unit-norm.
+* ``embeddings.json``: ``{"format", "dim", "models": [{"name", "config", "weights", "dim", "offset"}],
+  "rows": [...], "issues": [...], "missing_frames": [...]}``; row i describes embeddings[i]: ``kind``
+  (image/video), ``source_id`` plus ``item_id`` or ``video_id``, ``file``, ``path``, ``frame`` (null for
+  images), ``box`` [x1, y1, x2, y2], ``score``, ``group`` and ``instance_id`` (ground truth, 0 when unknown).
+  Boxes whose pixels could not be read have no row; ``issues`` says why.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from dataset.errors import Issue, IssueLog
-from dataset.jsonio import digest, file_stamp, write_json_atomic
-from dataset.layout import load_dataset
+from dataset.jsonio import file_stamp, write_json_atomic
 from dataset.prefetch import prefetch
-from dataset.records import Dataset
-from metric_sub.buckets import aspect_group, resize_to_bucket
-from metric_sub.config import EmbedderConfig, load_embedder_config
-from metric_sub.data import CropRef, ground_truth_crops, iter_crops
+from metric_sub.buckets import resize_to_bucket
+from metric_sub.config import EmbedderConfig
+from metric_sub.data import CropRef, iter_crops
 from metric_sub.model import Embedder, build_embedder
 from runtime.allocator import release_freed_memory
 from runtime.checkpoint import load_checkpoint
-from runtime.device import pick_device
 from runtime.fuse import example_images, fold_batch_norms, fuse_conv_activations
 from runtime.precision import autocast, channels_last_pays, effective_dtype
 
@@ -262,15 +248,6 @@ def embed_refs(runners: Sequence[ModelRunner], refs: Sequence[CropRef], issues: 
     return embed_crops(runners, crops, [refs[i].group for i in kept]), kept
 
 
-def _chunks(refs: Sequence[CropRef], sources_per_chunk: int) -> list[list[int]]:
-    by_source: dict[str, list[int]] = defaultdict(list)
-    for index, ref in enumerate(refs):
-        by_source[ref.path].append(index)
-    sources = list(by_source.values())
-    return [[i for s in sources[k:k + sources_per_chunk] for i in s]
-            for k in range(0, len(sources), sources_per_chunk)]
-
-
 def vector_settings(config: EmbedderConfig) -> dict:
     """The config values a model's vectors depend on: the network and the crop sizes, not how it trains or
     batches."""
@@ -284,85 +261,25 @@ def model_key(config: EmbedderConfig, weights: Path | str | None, device: torch.
             "dtype": effective_dtype(device, config.embed.dtype)}
 
 
-def _plan(runners: Sequence[ModelRunner], refs: Sequence[CropRef],
-          sources_per_chunk: int) -> tuple[list[list[int]], list[str]]:
-    """The chunks of ref indices and the key each chunk's files are saved under."""
-    models_key = [model_key(r.config, r.weights, r.device) for r in runners]
-    plan = _chunks(refs, sources_per_chunk)
-    return plan, [digest([models_key, [refs[i].to_json() for i in chunk]]) for chunk in plan]
-
-
-def finished_sources(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
-                     sources_per_chunk: int = 64) -> int:
-    """How many images and clips of ``refs`` an earlier run into ``out_dir`` has already embedded."""
-    chunk_dir = Path(out_dir) / "chunks"
-    plan, keys = _plan(runners, refs, sources_per_chunk)
-    return sum(len({refs[i].path for i in chunk}) for chunk, key in zip(plan, keys)
-               if (chunk_dir / f"{key}.npy").is_file())
-
-
-def run_embedding(runners: Sequence[ModelRunner], refs: Sequence[CropRef], out_dir: Path | str,
-                  sources_per_chunk: int = 64, workers: int = 2, progress: bool = True) -> IssueLog:
-    """Embed every ref with the ensemble into ``out_dir`` (see the module docstring), resuming chunks.
-
-    Free memory the allocator kept is handed back after each chunk
-    (``release_freed_memory``): crops of other sizes would otherwise pile up
-    as holes in the heap.
-    """
+def write_embeddings(out_dir: Path | str, embeddings: np.ndarray, rows: Sequence[dict],
+                     models: Sequence[tuple[EmbedderConfig, Path | str | None]], issues: Sequence[Issue],
+                     missing_frames: Sequence[dict] = ()) -> Path:
+    """Write ``embeddings.npy`` and ``embeddings.json`` (see the module docstring) for the ensemble ``models``
+    (config, weights), the array first, each renamed into place when complete."""
     out_dir = Path(out_dir)
-    chunk_dir = out_dir / "chunks"
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    issues = IssueLog()
-    plan, keys = _plan(runners, refs, sources_per_chunk)
-
-    def prepare(chunk: list[int]) -> tuple[IssueLog, list[int], list[np.ndarray]]:
-        chunk_issues = IssueLog()
-        kept, crops = read_crops([refs[i] for i in chunk], chunk_issues, workers)
-        return chunk_issues, kept, crops
-
-    todo = [(c, k) for c, k in zip(plan, keys) if not (chunk_dir / f"{k}.npy").is_file()]
-    if len(todo) < len(plan):
-        log.info("resuming: %d of %d chunks found done in %s; skipped", len(plan) - len(todo), len(plan), chunk_dir)
-    else:
-        log.info("%d chunks", len(plan))
-    # Decoding and cropping the next chunk in a thread overlaps the models' work on this one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crops") as pool:
-        upcoming = pool.submit(prepare, todo[0][0]) if todo else None
-        for position, (chunk, key) in enumerate(tqdm(todo, desc="embed", unit="chunk", disable=not progress)):
-            chunk_issues, kept, crops = upcoming.result()
-            if position + 1 < len(todo):
-                upcoming = pool.submit(prepare, todo[position + 1][0])
-            embeddings = embed_crops(runners, crops, [refs[chunk[i]].group for i in kept])
-            np.save(chunk_dir / f"{key}.tmp.npy", embeddings)
-            write_json_atomic(chunk_dir / f"{key}.json",
-                              {"kept": kept, "issues": [vars(i) for i in chunk_issues.issues]})
-            (chunk_dir / f"{key}.tmp.npy").replace(chunk_dir / f"{key}.npy")
-            del crops, embeddings
-            release_freed_memory()
-
-    blocks, rows = [], []
-    for chunk, key in zip(plan, keys):
-        blocks.append(np.load(chunk_dir / f"{key}.npy"))
-        record = json.loads((chunk_dir / f"{key}.json").read_text())
-        issues.issues.extend(Issue(**entry) for entry in record["issues"])
-        rows.extend(_row(refs[chunk[i]]) for i in record["kept"])
-    dim = sum(r.dim for r in runners)
-    embeddings = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
-    np.save(out_dir / "embeddings.tmp.npy", embeddings.astype(np.float32))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dims = [config.model.embedding_size for config, _ in models]
+    array = np.asarray(embeddings, np.float32).reshape(-1, sum(dims))
+    np.save(out_dir / "embeddings.tmp.npy", array)
     (out_dir / "embeddings.tmp.npy").replace(out_dir / "embeddings.npy")
-    offsets = np.cumsum([0] + [r.dim for r in runners]).tolist()
+    offsets = np.cumsum([0] + dims).tolist()
     write_json_atomic(out_dir / "embeddings.json", {
-        "format": FORMAT, "dim": dim,
-        "models": [{"name": r.config.name, "config": r.config.model_dump(mode="json"), "weights": r.weights,
-                    "dim": r.dim, "offset": offsets[k]} for k, r in enumerate(runners)],
-        "rows": rows, "issues": [vars(i) for i in issues.issues]})
-    return issues
-
-
-def _row(ref: CropRef) -> dict:
-    row = ref.to_json()
-    row["item_id" if ref.kind == "image" else "video_id"] = ref.source_id
-    return row
+        "format": FORMAT, "dim": sum(dims),
+        "models": [{"name": config.name, "config": config.model_dump(mode="json"),
+                    "weights": str(weights) if weights else None, "dim": dims[k], "offset": offsets[k]}
+                   for k, (config, weights) in enumerate(models)],
+        "rows": list(rows), "issues": [vars(i) for i in issues], "missing_frames": list(missing_frames)})
+    return out_dir
 
 
 def load_embeddings(out_dir: Path | str) -> tuple[np.ndarray, dict]:
@@ -372,96 +289,3 @@ def load_embeddings(out_dir: Path | str) -> tuple[np.ndarray, dict]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{out_dir}: not a {FORMAT} output")
     return np.load(out_dir / "embeddings.npy"), meta
-
-
-def boxes_to_refs(boxes_path: Path | str, data: Dataset, issues: IssueLog) -> list[CropRef]:
-    """The detector's boxes JSON as crop refs, files resolved through the dataset.
-
-    Accepts the detector's document (``bbox_sub.schema``: ``images`` and
-    ``videos`` lists), ``{"boxes": [...]}`` or a plain list of boxes. A box
-    whose image or clip is not in the dataset is recorded and skipped.
-    """
-    return boxes_document_to_refs(json.loads(Path(boxes_path).read_text()), data, issues, str(boxes_path))
-
-
-def boxes_document_to_refs(raw: dict | list, data: Dataset, issues: IssueLog, source: str = "boxes") -> list[CropRef]:
-    """``boxes_to_refs`` for a document already in memory."""
-    if isinstance(raw, dict):
-        boxes = raw["boxes"] if "boxes" in raw else raw.get("images", []) + raw.get("videos", [])
-    else:
-        boxes = raw
-    refs: list[CropRef] = []
-    for box in boxes:
-        kind = box.get("type", "video" if box.get("video_id") is not None else "image")
-        bbox = tuple(int(v) for v in box["bbox"])
-        path = _resolve_source(box, kind, data)
-        if path is None:
-            issues.warning(source, f"box source {box.get('file')!r} ({kind}) not in the dataset; skipped")
-            continue
-        group = box.get("aspect_group")
-        refs.append(CropRef(kind, str(box.get("item_id") if kind == "image" else box.get("video_id")), str(path),
-                            int(box["frame"]) if kind == "video" else None, bbox,
-                            int(group) if group is not None else aspect_group(bbox),
-                            int(box.get("instance_id", 0) or 0), float(box.get("score", 1.0))))
-    return refs
-
-
-def _resolve_source(box: dict, kind: str, data: Dataset) -> Path | None:
-    name = Path(str(box.get("file", ""))).name
-    if kind == "image":
-        item = data.items.get(str(box.get("item_id")))
-        for image in item.images if item else ():
-            if image.img_name == name or image.stem == Path(name).stem:
-                return image.path
-    else:
-        video = data.videos.get(str(box.get("video_id")))
-        if video is not None:
-            return video.path
-    direct = Path(str(box.get("file", "")))
-    return direct if direct.is_absolute() and direct.is_file() else None
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m metric_sub.embed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", required=True, help="embedder configs (paths or bundled names)")
-    parser.add_argument("--weights", nargs="*", default=None,
-                        help="one checkpoint per config, in order; '-' keeps a Lite config's ImageNet weights")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--boxes", type=Path, help="the detector's boxes JSON")
-    source.add_argument("--ground-truth", action="store_true", help="embed the annotated boxes (evaluation)")
-    parser.add_argument("--data", nargs="+", required=True, type=Path, help="dataset root(s)")
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--min-frame", type=int, default=0, help="ground truth: first clip frame used")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:k] (default: the configs' choice)")
-    parser.add_argument("--workers", type=int, default=2, help="clip-decoding threads")
-    parser.add_argument("--chunk", type=int, default=64, help="images and clips per resumable chunk")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value in every config, e.g. embed.batch_size=256")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parse_args(argv)
-    weights = args.weights or [None] * len(args.configs)
-    if len(weights) != len(args.configs):
-        raise SystemExit(f"{len(args.configs)} configs but {len(weights)} weights")
-    configs = [load_embedder_config(c, args.overrides) for c in args.configs]
-    device = pick_device(args.device or configs[0].embed.device)
-    runners = [load_runner(c, None if w in (None, "-") else w, device) for c, w in zip(configs, weights)]
-    issues = IssueLog()
-    data = load_dataset(args.data, issues)
-    if args.ground_truth:
-        refs = ground_truth_crops(data, args.min_frame, include_unlabelled=True)
-    else:
-        refs = boxes_to_refs(args.boxes, data, issues)
-    run_issues = run_embedding(runners, refs, args.out, args.chunk, args.workers)
-    issues.extend(run_issues)
-    embeddings, _ = load_embeddings(args.out)
-    print(f"{len(embeddings)} of {len(refs)} boxes embedded ({embeddings.shape[1]}-d) into {args.out}; "
-          f"{len(issues.errors)} errors, {len(issues.warnings)} warnings")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

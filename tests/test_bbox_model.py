@@ -7,7 +7,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
-from bbox_sub.aspect import ASPECT_TEMPLATES, aspect_group
+from dataset.boxes import ASPECT_TEMPLATES, aspect_group
 from bbox_sub.config import SEED_FRAMES, load_detector_config, shipped_configs
 from bbox_sub.model import ChannelsLastMLPHead, build_detector
 from bbox_sub.postprocess import dense_nms

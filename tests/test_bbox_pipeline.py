@@ -13,7 +13,7 @@ from bbox_sub.detect import Detections
 from bbox_sub.evaluate import coco_ap, score_detections
 from bbox_sub.infer import run_inference
 from bbox_sub.model import build_detector
-from bbox_sub.schema import BoxesSchemaError, load_boxes, validate_boxes
+from dataset.boxes_file import BoxesSchemaError, load_boxes, validate_boxes
 from bbox_sub.train import train
 from dataset.errors import IssueLog
 from dataset.images import write_image

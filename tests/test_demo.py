@@ -5,7 +5,7 @@ from pathlib import Path
 
 from bbox_sub.config import load_detector_config
 from metric_sub.config import load_embedder_config
-from metric_sub.demo import DETECTOR_SET, EMBEDDER_SET, reusable, trained_with
+from pipeline.demo import DETECTOR_SET, EMBEDDER_SET, reusable, trained_with
 from runtime.checkpoint import save_checkpoint
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bbox_sub.aspect import ASPECT_TEMPLATES
+from dataset.boxes import ASPECT_TEMPLATES
 from metric_sub.augment import Augmenter, seed_pipeline
 from metric_sub.buckets import aspect_group, crop, limit_side, resize_to_bucket
 from metric_sub.config import SM_SIZES, load_embedder_config

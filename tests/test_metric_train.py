@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.errors import IssueLog
 from dataset.layout import load_dataset
 from metric_sub.config import load_embedder_config
 from metric_sub.data import ground_truth_crops
-from metric_sub.embed import boxes_to_refs, load_embeddings, load_runner, main as embed_main, run_embedding
+from metric_sub.embed import load_embeddings, load_runner
 from metric_sub.train import Trainer
 from runtime.checkpoint import load_checkpoint
 
@@ -80,8 +79,13 @@ def test_resume_continues_exactly(synth_roots: tuple[Path, Path], tmp_path: Path
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_embedding_run_is_unit_norm_deterministic_and_resumable(synth_roots: tuple[Path, Path],
-                                                                tmp_path: Path) -> None:
+def test_encoded_sources_are_unit_norm_deterministic_and_resumable(synth_roots: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """The annotated boxes through the per-source path, a two-model ensemble, stored per source."""
+    from pipeline.encode import encode_sources, gather, write_outputs
+    from pipeline.source import SourceEncoder, annotated_sources
+    from pipeline.store import SourceStore
+
     config = load_embedder_config("tiny", TINY)
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
@@ -89,10 +93,21 @@ def test_embedding_run_is_unit_norm_deterministic_and_resumable(synth_roots: tup
 
     torch.save({"model": build_embedder(config).state_dict()}, checkpoint)
     runner = load_runner(config, checkpoint, torch.device("cpu"))
-    refs = ground_truth_crops(load_dataset(synth_roots[1]), min_frame=80, include_unlabelled=True)
-    run_embedding([runner, runner], refs, tmp_path / "a", sources_per_chunk=8, progress=False)
-    embeddings, meta = load_embeddings(tmp_path / "a")
-    assert embeddings.shape == (len(refs), 2 * config.model.embedding_size) and embeddings.dtype == np.float32
+    encoder = SourceEncoder(runners=[runner, runner])
+    sources = annotated_sources(load_dataset(synth_roots[1]))
+    boxes = sum(len(s.given) for s in sources)
+
+    def encode(folder: Path, group_size: int) -> tuple[np.ndarray, dict, list[Path]]:
+        store = SourceStore(folder / "sources", {"models": "tiny x2"})
+        keys = [store.key(s) for s in sources]
+        todo = [(s, k) for s, k in zip(sources, keys) if not store.has(k)]
+        report = encode_sources(encoder, todo, store, group_size=group_size, progress=False)
+        write_outputs(folder, gather(sources, keys, store, report.failures), detector=None,
+                      embedders=[(config, checkpoint)] * 2, resumed={})
+        return *load_embeddings(folder / "embed"), [store.path(k) for k in keys]
+
+    embeddings, meta, files = encode(tmp_path / "a", 4)
+    assert embeddings.shape == (boxes, 2 * config.model.embedding_size) and embeddings.dtype == np.float32
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     block = embeddings[:, :config.model.embedding_size]
     assert np.allclose(block / np.linalg.norm(block, axis=1, keepdims=True) * np.sqrt(0.5), block, atol=1e-5)
@@ -101,14 +116,11 @@ def test_embedding_run_is_unit_norm_deterministic_and_resumable(synth_roots: tup
     assert {"kind", "file", "frame", "box", "score", "group", "instance_id"} <= set(row)
     assert ("item_id" in row) == (row["kind"] == "image")
 
-    chunks = sorted((tmp_path / "a" / "chunks").glob("*.npy"))
-    stamps = [p.stat().st_mtime_ns for p in chunks]
-    run_embedding([runner, runner], refs, tmp_path / "a", sources_per_chunk=8, progress=False)
-    assert [p.stat().st_mtime_ns for p in chunks] == stamps  # nothing recomputed
-    run_embedding([runner, runner], refs, tmp_path / "b", sources_per_chunk=8, progress=False)
-    assert np.array_equal(load_embeddings(tmp_path / "b")[0], embeddings)
-    run_embedding([runner, runner], refs, tmp_path / "c", sources_per_chunk=20, progress=False)
-    assert np.allclose(load_embeddings(tmp_path / "c")[0], embeddings, atol=1e-5)  # other batches, same rows
+    stamps = [p.stat().st_mtime_ns for p in files]
+    assert np.array_equal(encode(tmp_path / "a", 4)[0], embeddings)
+    assert [p.stat().st_mtime_ns for p in files] == stamps  # every source was found stored: nothing recomputed
+    assert np.array_equal(encode(tmp_path / "b", 4)[0], embeddings)
+    assert np.allclose(encode(tmp_path / "c", 1)[0], embeddings, atol=1e-5)  # other batches, same rows
 
 
 def test_a_checkpoint_of_another_network_names_the_setting_that_differs(tmp_path: Path) -> None:
@@ -123,23 +135,3 @@ def test_a_checkpoint_of_another_network_names_the_setting_that_differs(tmp_path
     torch.save({"model": build_embedder(trained).state_dict()}, checkpoint)  # no config stored
     with pytest.raises(ValueError, match=r"other.pt.*size mismatch for neck.weight"):
         load_runner(load_embedder_config("tiny", TINY), checkpoint, torch.device("cpu"))
-
-
-def test_embed_cli_reads_detector_boxes(synth_roots: tuple[Path, Path], tmp_path: Path) -> None:
-    data = load_dataset(synth_roots[1])
-    item = next(iter(data.items.values()))
-    video = next(iter(data.videos.values()))
-    boxes = [{"file": item.images[0].img_name, "item_id": item.item_id, "type": "image", "bbox": [0, 0, 60, 100],
-              "score": 0.95, "aspect_group": 5},
-             {"file": video.path.name, "video_id": video.video_id, "type": "video", "frame": 40,
-              "bbox": [10, 20, 90, 100], "score": 0.97},
-             {"file": "nowhere.jpg", "item_id": "999999", "type": "image", "bbox": [0, 0, 5, 5], "score": 0.9}]
-    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
-    issues = IssueLog()
-    refs = boxes_to_refs(tmp_path / "boxes.json", data, issues)
-    assert len(refs) == 2 and len(issues.warnings) == 1 and refs[1].group == 7
-    assert embed_main(["--configs", "lite0", "--boxes", str(tmp_path / "boxes.json"), "--data", str(synth_roots[1]),
-                       "--out", str(tmp_path / "out"), "--set", "embed.batch_size=4"]) == 0
-    embeddings, meta = load_embeddings(tmp_path / "out")
-    assert embeddings.shape == (2, 512)
-    assert [r["score"] for r in meta["rows"]] == [0.95, 0.97] and meta["rows"][1]["frame"] == 40

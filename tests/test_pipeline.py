@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from dataset.layout import load_dataset
 from dataset.score import load_result
 from dataset.synth import SynthConfig, generate
 from dataset.video_write import write_mp4
-from metric_sub.pipeline import PipelineResult, format_summary, run_pipeline
+from pipeline.run import PipelineResult, format_summary, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 ITEMS = 6
@@ -80,8 +81,8 @@ def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
 @pytest.fixture(scope="session")
 def detector_run(pipeline_inputs: Inputs) -> PipelineResult:
     """An uninterrupted run with the tiny detector."""
-    return run_pipeline(pipeline_inputs.test, pipeline_inputs.base / "run_straight", pipeline_inputs.detector,
-                        [pipeline_inputs.embedder], device="cpu", progress=False)
+    return run_pipeline(pipeline_inputs.test, pipeline_inputs.base / "run_straight", detector=pipeline_inputs.detector,
+                        embedders=[pipeline_inputs.embedder], device="cpu", progress=False)
 
 
 def test_detector_run_writes_a_valid_result_and_a_summary(detector_run: PipelineResult,
@@ -92,7 +93,7 @@ def test_detector_run_writes_a_valid_result_and_a_summary(detector_run: Pipeline
     assert set(predictions) <= clips
     summary = json.loads((detector_run.out_dir / "summary.json").read_text())
     assert summary["clips"] == ITEMS and summary["matched"] + summary["abstained"] == ITEMS
-    assert set(summary["stage_seconds"]) == {"detect", "embed", "match", "score", "report"}
+    assert set(summary["stage_seconds"]) == {"encode", "match", "score", "report"}
     for name, stage in summary["stages"].items():
         assert stage["cached"] is False and stage["resumed_sources"] == 0, name
         assert stage["peak_rss_mib"] > 0 and stage["end_rss_mib"] > 0, name
@@ -105,6 +106,32 @@ def test_detector_run_writes_a_valid_result_and_a_summary(detector_run: Pipeline
         assert all(isinstance(v, int) for v in entry["result"][0]["item_box"] + entry["result"][0]["frame_box"])
 
 
+def test_each_clip_and_image_is_decoded_once_per_run(pipeline_inputs: Inputs, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection and the crops read the same decoded pictures: one open per clip and per shop image."""
+    import dataset.frames
+    import pipeline.source
+
+    opened: Counter[str] = Counter()
+
+    def counting(read):
+        def wrapper(path, *args, **kwargs):
+            opened[str(path)] += 1
+            return read(path, *args, **kwargs)
+        return wrapper
+
+    for name, reader in list(dataset.frames._READERS.items()):
+        monkeypatch.setitem(dataset.frames._READERS, name, counting(reader))
+    monkeypatch.setattr(pipeline.source, "read_image", counting(pipeline.source.read_image))
+    result = run_pipeline(pipeline_inputs.test, tmp_path / "out", detector=pipeline_inputs.detector,
+                          embedders=[pipeline_inputs.embedder], device="cpu", progress=False, report=False)
+    data = load_dataset(pipeline_inputs.test)
+    files = [str(v.path) for v in data.videos.values()] + [str(i.path) for it in data.items.values()
+                                                            for i in it.images]
+    assert opened == Counter(files), opened
+    assert len(result.decisions) == ITEMS
+
+
 def test_killed_run_resumes_to_the_same_result(detector_run: PipelineResult, pipeline_inputs: Inputs,
                                                tmp_path: Path) -> None:
     out = tmp_path / "killed"
@@ -112,41 +139,41 @@ def test_killed_run_resumes_to_the_same_result(detector_run: PipelineResult, pip
     cfg_path = tmp_path / "detector.yaml"
     cfg_path.write_text(json.dumps(det_cfg.model_dump(mode="json")))
     command = [str(REPO / "run.sh"), str(pipeline_inputs.test), str(out), "--detector", str(cfg_path),
-               str(det_weights), "--embedders", "lite0", "-", "--device", "cpu", "--no-progress"]
+               str(det_weights), "--embedders", "lite0", "-", "--device", "cpu", "--no-progress",
+               "--sources-per-group", "2"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    cache = out / "boxes.json.cache.jsonl"
+    store = out / "sources"
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        if cache.is_file() and cache.read_text().count("\n") >= 3:  # header + two finished files
+        if store.is_dir() and len(list(store.glob("*.npz"))) >= 2:  # one group of two sources written
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     process.wait()
     assert not (out / "result.json").is_file(), "the run finished before it could be killed"
-    with cache.open("a") as handle:  # a line cut short by the kill is ignored on resume
-        handle.write('{"key": "image:/cut')
-    resumed = run_pipeline(pipeline_inputs.test, out, (cfg_path, det_weights), [pipeline_inputs.embedder],
-                           device="cpu", progress=False, report=False)
+    (store / "0123456789abcdef.npz.partial").write_bytes(b"PK\x03\x04cut")  # a write cut short is ignored
+    resumed = run_pipeline(pipeline_inputs.test, out, detector=(cfg_path, det_weights),
+                           embedders=[pipeline_inputs.embedder], device="cpu", progress=False, report=False)
     assert resumed.result_path.read_bytes() == detector_run.result_path.read_bytes()
-    detect = json.loads((out / "summary.json").read_text())["stages"]["detect"]
-    assert not detect["cached"] and detect["resumed_sources"] >= 2, detect  # the two files done before the kill
+    encode = json.loads((out / "summary.json").read_text())["stages"]["encode"]
+    assert not encode["cached"] and encode["resumed_sources"] >= 2, encode  # the sources done before the kill
 
     # Stopping between stages and resuming gives the same file too, and skips finished stages.
     staged = tmp_path / "staged"
-    first = run_pipeline(pipeline_inputs.test, staged, pipeline_inputs.detector, [pipeline_inputs.embedder],
-                         device="cpu", stop_after="detect", progress=False)
+    first = run_pipeline(pipeline_inputs.test, staged, detector=pipeline_inputs.detector,
+                         embedders=[pipeline_inputs.embedder], device="cpu", stop_after="encode", progress=False)
     assert first.result_path is None and (staged / "boxes.json").is_file()
-    detected = (staged / "boxes.json").stat().st_mtime_ns
-    second = run_pipeline(pipeline_inputs.test, staged, pipeline_inputs.detector, [pipeline_inputs.embedder],
-                          device="cpu", progress=False, report=False)
+    encoded = (staged / "embed" / "embeddings.npy").stat().st_mtime_ns
+    second = run_pipeline(pipeline_inputs.test, staged, detector=pipeline_inputs.detector,
+                          embedders=[pipeline_inputs.embedder], device="cpu", progress=False, report=False)
     assert second.result_path.read_bytes() == detector_run.result_path.read_bytes()
-    assert (staged / "boxes.json").stat().st_mtime_ns == detected  # the finished stage was not rerun
-    # The rerun says detection was cached and keeps the time the first run took, instead of its own.
+    assert (staged / "embed" / "embeddings.npy").stat().st_mtime_ns == encoded  # the finished stage was not rerun
+    # The rerun says encoding was cached and keeps the time the first run took, instead of its own.
     stages = json.loads((staged / "summary.json").read_text())["stages"]
-    computed = json.loads((staged / "stages.json").read_text())["detect"]["seconds"]
-    assert stages["detect"]["cached"] and stages["detect"]["computed"]["seconds"] == computed > 0
-    assert not stages["embed"]["cached"]
+    computed = json.loads((staged / "stages.json").read_text())["encode"]["seconds"]
+    assert stages["encode"]["cached"] and stages["encode"]["computed"]["seconds"] == computed > 0
+    assert not stages["match"]["cached"]
 
 
 def test_corrupt_clip_is_skipped_and_reported(pipeline_inputs: Inputs, tmp_path: Path) -> None:
@@ -154,8 +181,8 @@ def test_corrupt_clip_is_skipped_and_reported(pipeline_inputs: Inputs, tmp_path:
     clips = sorted(load_dataset(root).videos)
     broken = root / "video" / f"{clips[0]}.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 500)
-    result = run_pipeline(root, tmp_path / "out", pipeline_inputs.detector, [pipeline_inputs.embedder],
-                          device="cpu", progress=False, report=False)
+    result = run_pipeline(root, tmp_path / "out", detector=pipeline_inputs.detector,
+                          embedders=[pipeline_inputs.embedder], device="cpu", progress=False, report=False)
     assert result.decisions[clips[0]].startswith("skipped: ")
     assert str(broken) in result.skipped
     assert result.summary["skipped"] == 1 and clips[0] not in result.result
@@ -174,17 +201,17 @@ def test_frames_a_short_clip_lacks_are_counted_in_the_summary_and_report(pipelin
     frames = read_frames(path, range(100)).frames
     write_mp4(path, frames)
     out = tmp_path / "out"
-    result = run_pipeline(root, out, pipeline_inputs.detector, [pipeline_inputs.embedder], device="cpu",
-                          progress=False)
+    result = run_pipeline(root, out, detector=pipeline_inputs.detector, embedders=[pipeline_inputs.embedder],
+                          device="cpu", progress=False)
     expected = {"count": 2, "frames": [120, 160], "file_frames": 100}
     assert json.loads((out / "summary.json").read_text())["missing_frames"] == {clip_id: expected}
     assert "frames [120, 160] not in the file (100 frames)" in (out / "report.html").read_text()
     assert "frames [120, 160] not in the file" in format_summary(result)
     assert not result.decisions[clip_id].startswith("skipped"), "the frames it holds still count"
     # A rerun finds detection cached and still reports them.
-    again = run_pipeline(root, out, pipeline_inputs.detector, [pipeline_inputs.embedder], device="cpu",
-                         progress=False, report=False)
-    assert again.stages["detect"].cached and again.summary["missing_frames"] == {clip_id: expected}
+    again = run_pipeline(root, out, detector=pipeline_inputs.detector, embedders=[pipeline_inputs.embedder],
+                         device="cpu", progress=False, report=False)
+    assert again.stages["encode"].cached and again.summary["missing_frames"] == {clip_id: expected}
 
 
 def test_matching_beats_chance(pipeline_inputs: Inputs, tmp_path: Path) -> None:
@@ -193,13 +220,13 @@ def test_matching_beats_chance(pipeline_inputs: Inputs, tmp_path: Path) -> None:
     Chance: a random item per clip is right with probability 1/ITEMS at every
     level, so every F1 and the final score are at most 1/ITEMS = 0.25.
     """
-    result = run_pipeline(pipeline_inputs.test, tmp_path / "out", None, [("lite0", None)], device="cpu",
+    result = run_pipeline(pipeline_inputs.test, tmp_path / "out", embedders=[("lite0", None)], device="cpu",
                           ground_truth_boxes=True, progress=False, report=False)
     assert result.score["final"] > 2 / ITEMS, result.score["final"]
 
 
 def test_cli_rejects_a_run_without_boxes(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "metric_sub.pipeline", str(tmp_path), str(tmp_path / "o")],
+    done = subprocess.run([sys.executable, "-m", "pipeline", str(tmp_path), str(tmp_path / "o")],
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and "error" in done.stderr
 
@@ -215,8 +242,9 @@ def test_calibrate_writes_a_config_at_least_as_good_as_the_seed(detector_run: Pi
     config = load_match_config(out)
     workdir = shutil.copytree(detector_run.out_dir, tmp_path / "run")
     embedded = (workdir / "embed" / "embeddings.npy").stat().st_mtime_ns
-    rerun = run_pipeline(pipeline_inputs.test, workdir, pipeline_inputs.detector,
-                         [pipeline_inputs.embedder], config, device="cpu", progress=False, report=False)
+    rerun = run_pipeline(pipeline_inputs.test, workdir, detector=pipeline_inputs.detector,
+                         embedders=[pipeline_inputs.embedder], match_config=config, device="cpu", progress=False,
+                         report=False)
     assert (workdir / "embed" / "embeddings.npy").stat().st_mtime_ns == embedded  # cached stages are reused
     assert rerun.score["final"] >= detector_run.score["final"]
 
@@ -235,9 +263,10 @@ def test_calibrate_scores_each_direction_as_the_pipeline_would(detector_run: Pip
     assert sorted(p.direction for p in points) == sorted(DIRECTIONS)
     reverse = next(p for p in points if p.direction == "clip_to_shop")
     workdir = shutil.copytree(detector_run.out_dir, tmp_path / "run")
-    rerun = run_pipeline(pipeline_inputs.test, workdir, pipeline_inputs.detector, [pipeline_inputs.embedder],
-                         load_match_config(None, ["vote.direction=clip_to_shop"]), device="cpu", progress=False,
-                         report=False)
+    rerun = run_pipeline(pipeline_inputs.test, workdir, detector=pipeline_inputs.detector,
+                         embedders=[pipeline_inputs.embedder],
+                         match_config=load_match_config(None, ["vote.direction=clip_to_shop"]), device="cpu",
+                         progress=False, report=False)
     assert (reverse.final, reverse.matched) == (rerun.score["final"], len(rerun.result))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from dataset.video_write import write_mp4
-from metric_sub.pipeline import main
+from pipeline.run import main
 
 REPO = Path(__file__).resolve().parents[1]
 

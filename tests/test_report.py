@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dataset.images import read_image
-from metric_sub.pipeline import PipelineResult
-from metric_sub.report import thumbnail
+from pipeline.run import PipelineResult
+from pipeline.report import thumbnail
 from test_pipeline import detector_run, pipeline_inputs  # noqa: F401  (the shared session inputs)
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

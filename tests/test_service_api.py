@@ -93,7 +93,7 @@ def server(setup: dict[str, Path], gallery: Path) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def pipeline_result(setup: dict[str, Path]) -> dict[str, dict]:
     """What the batch pipeline (run.sh) writes for the same root and weights."""
-    from metric_sub.pipeline import run_pipeline
+    from pipeline.run import run_pipeline
 
     base = setup["base"]
     result = run_pipeline([setup["root"]], base / "run", detector=(str(base / "detector.yaml"),

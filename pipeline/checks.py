@@ -2,7 +2,7 @@
 detection or an output folder made for nothing.
 
 Every problem is an ``InputError`` naming the path or option and what is wrong
-with it; ``python -m metric_sub.pipeline`` prints it as one line and exits
+with it; ``python -m pipeline`` prints it as one line and exits
 with code 2. Nothing is created until every check has passed
 (``prepare_out_dir``).
 """

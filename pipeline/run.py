@@ -1,40 +1,36 @@
-"""The whole matcher: a dataset root in, ``result.json`` out, every stage cached so a killed run resumes.
+"""The whole matcher: dataset roots in, ``result.json`` out, every source cached so a killed run resumes.
 
-``python -m metric_sub.pipeline DATA_ROOT [DATA_ROOT ...] OUT_DIR [--detector CFG WEIGHTS]
+``python -m pipeline DATA_ROOT [DATA_ROOT ...] OUT_DIR [--detector CFG WEIGHTS]
 [--embedders CFG WEIGHTS [CFG WEIGHTS ...]] [--embedder-set data.bucket_scale=0.5] [--match match.yaml]
-[--set vote.cutoff=1.0]``
+[--set vote.cutoff=1.0]`` (``./run.sh`` runs it)
 
-Public API (the REST service calls it)::
+Public API (the REST service and the benchmarks call it)::
 
     result = run_pipeline(["data/test"], "runs/test", detector=("tiny", "det/model_final.pth"),
-                          embedders=[("lite0", None), ("lite1", None)], match_config=None, device="auto")
+                          embedders=[("lite0", None), ("lite1", None)], device="auto")
     result.result_path, result.result, result.decisions, result.summary, result.score
 
 Stages and what each leaves in ``OUT_DIR``:
 
-1. ``detect``: ``boxes.json`` (``bbox_sub.schema``) with its per-file cache
-   ``boxes.json.cache.jsonl``. Without a detector, ``ground_truth_boxes=True``
-   uses the annotated boxes instead (a matching-only figure).
-2. ``embed``: ``embed/embeddings.npy`` + ``embed/embeddings.json``, computed in
-   resumable chunks (``metric_sub.embed``).
-3. ``match``: ``result.json`` (seed-solution.md 2.1) and ``decisions.json``
-   (every clip: matched, abstained or skipped, and why). Seconds; always rerun,
-   so new voting settings apply to cached embeddings.
-4. ``score`` (annotated roots only): ``score.json``, the contest metric.
-5. ``report``: ``report.html`` with thumbnails in ``report/``.
+1. ``encode``: every item folder and clip through the one per-source path (``pipeline.source``: read once,
+   detect, crop, embed), each source's boxes and vectors written together under ``sources/``
+   (``pipeline.store``), then gathered into ``boxes.json`` (``dataset.boxes_file``; the detector's boxes) and
+   ``embed/embeddings.npy`` + ``embed/embeddings.json`` (``metric_sub.embed``). Without a detector,
+   ``ground_truth_boxes=True`` embeds the annotated boxes instead (a matching-only figure).
+2. ``match``: ``result.json`` (seed-solution.md 2.1) and ``decisions.json`` (every clip: matched, abstained or
+   skipped, and why). Seconds; always rerun, so new voting settings apply to stored vectors.
+3. ``score`` (annotated roots only): ``score.json``, the contest metric.
+4. ``report``: ``report.html`` with thumbnails in ``report/``.
 
-``stages.json`` records the key of every finished stage (inputs, configs,
-weights) and what computing it took; a stage whose key is unchanged is
-skipped, a stage cut short by a crash continues from its own cache.
-``summary.json`` holds the counts, every skipped file, missing frame and
-warning, and per stage its wall time in this run, whether it was cached (with
-the time it took when computed) or resumed (how many files an earlier run had
-finished), and its resident memory (peak, at its end, growth).
+``stages.json`` records the key of every finished stage (inputs, configs, weights) and what computing it took;
+a stage whose key is unchanged is skipped, and a run cut short continues with the sources not yet written.
+``summary.json`` holds the counts, every skipped file, missing frame and warning, and per stage its wall time in
+this run, whether it was cached (with the time it took when computed) or resumed (how many sources an earlier
+run had finished), and its resident memory (peak, at its end, growth).
 
-Inputs are checked before any work (``metric_sub.checks``). The command line
-exits with 0 when the run finished (or stopped where asked), 2 when an input
-is wrong (one line naming it), 1 when the run failed on the way (a file that
-could not be written, one line naming it), 130 when interrupted.
+Inputs are checked before any work (``pipeline.checks``). The command line exits with 0 when the run finished
+(or stopped where asked), 2 when an input is wrong (one line naming it), 1 when the run failed on the way (a file
+that could not be written, one line naming it), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -52,32 +48,31 @@ from typing import Any
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bbox_sub.config import DetectorConfig, load_detector_config
-from bbox_sub.infer import run_inference
 from dataset.errors import DataError, Issue, IssueLog
-from dataset.jsonio import digest, file_stamp, write_json_atomic
+from dataset.jsonio import digest, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.memory import MemoryMeter, StageMemory
 from dataset.records import Dataset
 from dataset.score import load_result, score, write_result
-from metric_sub.checks import check_config_name, check_inputs, prepare_out_dir
 from metric_sub.config import EmbedderConfig, load_embedder_config
-from metric_sub.data import ground_truth_crops
-from metric_sub.embed import (boxes_document_to_refs, finished_sources, load_embeddings, load_runner, model_key,
-                              run_embedding)
+from metric_sub.embed import load_embeddings
 from metric_sub.match import MatchConfig, load_match_config, match_embeddings
+from pipeline.checks import check_config_name, check_inputs, prepare_out_dir
+from pipeline.encode import (SOURCES_PER_GROUP, DetectorSpec, EmbedderSpec, encode_sources, gather, load_encoder,
+                             models_key, write_outputs)
+from pipeline.source import annotated_sources, dataset_sources
+from pipeline.store import SourceStore
 from runtime.allocator import release_freed_memory
 from runtime.device import pick_device
 
 log = logging.getLogger(__name__)
 
-STAGES = ("detect", "embed", "match", "score", "report")
+STAGES = ("encode", "match", "score", "report")
 SKIPPED = "skipped: "
 ModelSpec = tuple[str | Path | DetectorConfig | EmbedderConfig, str | Path | None]
 """A config (bundled name, YAML path or loaded config) and its weights (``None``: ImageNet init, Lite only)."""
 
 DEFAULT_EMBEDDERS: tuple[ModelSpec, ...] = (("lite0", None), ("lite1", None), ("lite2", None))
-EMBED_SOURCES_PER_CHUNK = 16
-"""Small chunks: finer resume points and a progress bar whose ETA means something."""
 
 
 @dataclass
@@ -94,10 +89,14 @@ class StageRecord:
     resumed_sources: int = 0
     computed: dict[str, Any] | None = None
     memory: StageMemory | None = None
+    steps: dict[str, float] | None = None
+    """Seconds per step inside the stage, where it has steps (encode: read, detect, embed, write)."""
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"seconds": round(self.seconds, 2), "cached": self.cached,
                                   "resumed_sources": self.resumed_sources}
+        if self.steps is not None:
+            record["steps"] = self.steps
         if self.cached:
             record["computed"] = self.computed
         if self.memory is not None:
@@ -221,15 +220,17 @@ def _embedder_weights_needed(specs: Sequence[tuple[EmbedderConfig, Path | None]]
                              "checkpoint instead of '-'")
 
 
-def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | str,
+def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | str, *,
                  detector: ModelSpec | None = None, embedders: Sequence[ModelSpec] = DEFAULT_EMBEDDERS,
                  match_config: MatchConfig | Path | str | None = None, device: str = "auto",
                  ground_truth_boxes: bool = False, stop_after: str | None = None, report: bool = True,
-                 progress: bool = True) -> PipelineResult:
+                 sources_per_group: int = SOURCES_PER_GROUP, progress: bool = True) -> PipelineResult:
     """Run (or resume) every stage on ``data_roots`` into ``out_dir``; see the module docstring.
 
-    ``stop_after`` ends the run after the named stage (the rest resume later).
-    Wrong inputs raise before anything is written (``metric_sub.checks``);
+    ``stop_after`` ends the run after the named stage (the rest resume later). ``sources_per_group`` sources
+    are embedded together and written when done: fewer hold less memory and resume at finer steps, more fill
+    the embedders' batches better.
+    Wrong inputs raise before anything is written (``pipeline.checks``);
     bad files inside a root (a corrupt clip or image) are skipped and listed
     in the result.
     """
@@ -237,12 +238,15 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
     out = Path(out_dir)
     if detector is None and not ground_truth_boxes:
         raise ValueError("give a detector (config, weights), or ground_truth_boxes=True for matching only")
+    if sources_per_group < 1:
+        raise ValueError(f"sources_per_group={sources_per_group}: need at least 1")
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r}: not one of {STAGES}")
     config = match_config if isinstance(match_config, MatchConfig) else load_match_config(match_config)
     specs = [(_embedder_config(c), _weights(w)) for c, w in embedders]
-    detector = None if detector is None else (_detector_config(detector[0]), Path(detector[1]))
-    check_inputs(roots, out, detector_weights=None if ground_truth_boxes or detector is None else detector[1],
+    detector = None if detector is None or ground_truth_boxes else (_detector_config(detector[0]),
+                                                                    Path(detector[1]))
+    check_inputs(roots, out, detector_weights=None if detector is None else detector[1],
                  embedder_weights=[w for _, w in specs], device=device)
     _embedder_weights_needed(specs)
     prepare_out_dir(out)
@@ -253,26 +257,22 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
     outcome = PipelineResult(out, None)
     meter = MemoryMeter()
 
-    def timed(name: str, index: int) -> _Stage:
-        return _Stage(name, index, outcome, meter)
+    def timed(name: str) -> _Stage:
+        return _Stage(name, outcome, meter)
 
-    with timed("detect", 1) as stage:
-        refs = _detect_stage(data, roots, out, detector, ground_truth_boxes, str(torch_device), issues, stages,
-                             progress, stage)
+    with timed("encode") as stage:
+        embeddings, meta = _encode_stage(data, out, detector, specs, torch_device, stages, stage,
+                                         group_size=sources_per_group, progress=progress)
+        issues.extend(IssueLog([_issue(i) for i in meta["issues"]]))
+        outcome.missing_frames = {m["video_id"]: {"count": len(m["frames"]), "frames": m["frames"],
+                                                  "file_frames": m["file_frames"]}
+                                  for m in meta.get("missing_frames", [])}
     _collect_issues(outcome, issues)
-    if stop_after == "detect":
-        outcome.stopped_after = "detect"
+    if stop_after == "encode":
+        outcome.stopped_after = "encode"
         return outcome
 
-    with timed("embed", 2) as stage:
-        embeddings, meta = _embed_stage(refs, out / "embed", specs, detector, torch_device, stages, progress, stage)
-        issues.extend(IssueLog([_issue(i) for i in meta["issues"]]))  # crops that could not be read
-    _collect_issues(outcome, issues)
-    if stop_after == "embed":
-        outcome.stopped_after = "embed"
-        return outcome
-
-    with timed("match", 3):
+    with timed("match"):
         skipped_clips = {v.video_id: outcome.skipped[str(v.path)] for v in data.videos.values()
                          if str(v.path) in outcome.skipped}
         matched = match_embeddings(embeddings, meta["rows"], config, torch_device,
@@ -285,15 +285,15 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
 
     report_obj = None
     if data.annotated and stop_after != "match":
-        with timed("score", 4):
+        with timed("score"):
             report_obj = score(load_result(outcome.result_path), data)
             outcome.score = report_obj.to_dict()
             write_json_atomic(out / "score.json", outcome.score, indent=1)
 
     if report and stop_after not in ("match", "score"):
-        from metric_sub.report import write_report
+        from pipeline.report import write_report
 
-        with timed("report", 5):
+        with timed("report"):
             outcome.report_path = write_report(out, data, outcome, report_obj, matched.pairs)
     outcome.peak_rss_mib = meter.process_peak_mib
     write_json_atomic(out / "summary.json", outcome.summary, indent=1)
@@ -308,8 +308,8 @@ class _Stage:
     through the next.
     """
 
-    def __init__(self, name: str, index: int, outcome: PipelineResult, meter: MemoryMeter) -> None:
-        self.name, self.index, self.outcome, self.meter = name, index, outcome, meter
+    def __init__(self, name: str, outcome: PipelineResult, meter: MemoryMeter) -> None:
+        self.name, self.index, self.outcome, self.meter = name, STAGES.index(name) + 1, outcome, meter
         self.record = outcome.stages[name] = StageRecord()
 
     def __enter__(self) -> _Stage:
@@ -337,47 +337,35 @@ def _collect_issues(outcome: PipelineResult, issues: IssueLog) -> None:
     outcome.warnings = warnings
 
 
-def _detect_stage(data: Dataset, roots: list[Path], out: Path, detector: tuple[DetectorConfig, Path] | None,
-                  ground_truth: bool, device: str, issues: IssueLog, stages: StageLog, progress: bool,
-                  stage: _Stage) -> list:
-    """Boxes of every shop image and sampled clip frame, as crop refs (skips recorded in ``issues``)."""
-    if ground_truth or detector is None:
-        return ground_truth_crops(data, min_frame=0, include_unlabelled=True)
-    cfg, weights = detector
-    boxes_path = out / "boxes.json"
-    key = digest([str(r.resolve()) for r in roots], cfg.model_dump(mode="json"), file_stamp(weights))
-    if stages.done("detect", key) and boxes_path.is_file():
-        document = json.loads(boxes_path.read_text())
-        stage.record.cached, stage.record.computed = True, stages.computed("detect")
-        log.info("detect: cached in %s (the inputs, config and weights are unchanged)", boxes_path)
-    else:
-        document = run_inference(cfg, weights, roots, boxes_path, device, IssueLog(), progress)
-        resumed = document.get("resumed", {})
-        stage.record.resumed_sources = resumed.get("images", 0) + resumed.get("videos", 0)
-        stages.finish("detect", key, stage.elapsed(), stage.record.resumed_sources)
-    for skipped in document["skipped"]:
-        issues.error(DataError(skipped["path"], skipped["problem"]))
-    stage.outcome.missing_frames = {m["video_id"]: {"count": len(m["frames"]), "frames": m["frames"],
-                                                    "file_frames": m["file_frames"]}
-                                    for m in document.get("missing_frames", [])}
-    return boxes_document_to_refs(document, data, issues, str(boxes_path))
-
-
-def _embed_stage(refs: list, embed_dir: Path, specs: list[tuple[EmbedderConfig, Path | None]],
-                 detector: tuple[DetectorConfig, Path] | None, device: Any, stages: StageLog, progress: bool,
-                 stage: _Stage) -> tuple[Any, dict]:
-    """Every ref embedded by the ensemble (cached when the boxes and models are unchanged)."""
-    key = digest([r.to_json() for r in refs], [model_key(c, w, device) for c, w in specs])
-    if stages.done("embed", key) and (embed_dir / "embeddings.json").is_file():
-        stage.record.cached, stage.record.computed = True, stages.computed("embed")
-        log.info("embed: cached in %s (the boxes and models are unchanged)", embed_dir)
-    else:
-        runners = [load_runner(c, w, device) for c, w in specs]
-        # Clips are decoded again for their crops, with as many threads as the detector used.
-        workers = detector[0].infer.decode_workers if detector else 2
-        stage.record.resumed_sources = finished_sources(runners, refs, embed_dir, EMBED_SOURCES_PER_CHUNK)
-        run_embedding(runners, refs, embed_dir, EMBED_SOURCES_PER_CHUNK, workers=workers, progress=progress)
-        stages.finish("embed", key, stage.elapsed(), stage.record.resumed_sources)
+def _encode_stage(data: Dataset, out: Path, detector: DetectorSpec | None, specs: list[EmbedderSpec],
+                  device: Any, stages: StageLog, stage: _Stage, *, group_size: int,
+                  progress: bool) -> tuple[Any, dict]:
+    """Every source's boxes and vectors (the sources already stored are read back, not recomputed)."""
+    sources = annotated_sources(data) if detector is None else dataset_sources(data, detector[0].infer.frames)
+    store = SourceStore(out / "sources", models_key(detector, specs, device))
+    keys = [store.key(s) for s in sources]
+    key = digest(keys)
+    embed_dir = out / "embed"
+    if stages.done("encode", key) and (embed_dir / "embeddings.json").is_file():
+        stage.record.cached, stage.record.computed = True, stages.computed("encode")
+        log.info("encode: cached in %s (the inputs, configs and weights are unchanged)", embed_dir)
+        return load_embeddings(embed_dir)
+    todo = [(s, k) for s, k in zip(sources, keys) if not store.has(k)]
+    stage.record.resumed_sources = len(sources) - len(todo)
+    if stage.record.resumed_sources:
+        log.info("resuming: %d of %d sources found done in %s; skipped", stage.record.resumed_sources,
+                 len(sources), store.folder)
+    # The models load even when every source is stored: weights that cannot be loaded are named now, not on the
+    # first run that has something new to encode.
+    encoder = load_encoder(detector=detector, embedders=specs, device=device)
+    workers = detector[0].infer.decode_workers if detector else 2
+    report = encode_sources(encoder, todo, store, workers=workers, group_size=group_size, progress=progress)
+    del encoder
+    stage.record.steps = {name: round(value, 2) for name, value in report.seconds.items()}
+    gathered = gather(sources, keys, store, report.failures)
+    resumed = gathered.resumed({k for _, k in todo})
+    write_outputs(out, gathered, detector=detector, embedders=specs, resumed=resumed)
+    stages.finish("encode", key, stage.elapsed(), stage.record.resumed_sources)
     return load_embeddings(embed_dir)
 
 
@@ -408,7 +396,7 @@ def format_summary(result: PipelineResult) -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m metric_sub.pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="dataset root(s), then the output folder")
     parser.add_argument("--detector", nargs=2, metavar=("CFG", "WEIGHTS"), help="detector config and checkpoint")
     parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE",
@@ -425,6 +413,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="override a match config value, e.g. vote.cutoff=1.0")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (a rerun resumes)")
+    parser.add_argument("--sources-per-group", type=int, default=SOURCES_PER_GROUP, metavar="N",
+                        help="items and clips embedded together and written when done: fewer hold less memory "
+                             f"and resume at finer steps (default {SOURCES_PER_GROUP})")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -432,6 +423,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("need at least one dataset root and the output folder")
     if args.embedders and len(args.embedders) % 2:
         parser.error("--embedders takes CFG WEIGHTS pairs")
+    if args.sources_per_group < 1:
+        parser.error("--sources-per-group must be at least 1")
     return args
 
 
@@ -462,9 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_match_config(args.match, args.overrides)
         detector, embedders = _load_models(args)
         with logging_redirect_tqdm():
-            result = run_pipeline(args.paths[:-1], args.paths[-1], detector,
-                                  embedders, config, args.device, args.ground_truth_boxes, args.stop_after,
-                                  not args.no_report, not args.no_progress)
+            result = run_pipeline(args.paths[:-1], args.paths[-1], detector=detector, embedders=embedders,
+                                  match_config=config, device=args.device,
+                                  ground_truth_boxes=args.ground_truth_boxes, stop_after=args.stop_after,
+                                  report=not args.no_report, sources_per_group=args.sources_per_group,
+                                  progress=not args.no_progress)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

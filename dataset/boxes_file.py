@@ -18,7 +18,7 @@ Layout (``format`` ``bbox_sub.boxes``, ``version`` 1)::
 
 Boxes are ints (truncated, clipped to the picture, at least one pixel wide
 and high), best score first within a picture; ``aspect_group`` indexes
-``bbox_sub.aspect.ASPECT_TEMPLATES``. ``resumed`` counts the files an
+``dataset.boxes.ASPECT_TEMPLATES``. ``resumed`` counts the files an
 interrupted earlier run had finished; ``missing_frames`` lists, per clip, the
 sampled frames its file does not hold (``file_frames``: what it does). Both
 are optional, for files written before them.
@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
-from bbox_sub.aspect import ASPECT_TEMPLATES
+from dataset.boxes import ASPECT_TEMPLATES
 
 FORMAT = "bbox_sub.boxes"
 VERSION = 1

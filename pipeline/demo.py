@@ -1,6 +1,6 @@
 """The bundled main job: synthetic data, brief training, the full pipeline on held-out clips, a score.
 
-``python -m metric_sub.demo --out runs/demo`` needs no network and no GPU:
+``python -m pipeline.demo --out runs/demo`` needs no network and no GPU:
 
 1. generates a train root and a held-out test root with disjoint item ids
    (``OUT/data/train``, ``OUT/data/test``; reused when already there);
@@ -40,7 +40,7 @@ from bbox_sub.train import train as train_detector
 from dataset.errors import DataError
 from dataset.synth import SynthConfig, ensure
 from metric_sub.config import load_embedder_config
-from metric_sub.pipeline import format_summary, run_pipeline
+from pipeline.run import format_summary, run_pipeline
 from metric_sub.train import Trainer
 from runtime.checkpoint import load_checkpoint
 
@@ -94,7 +94,8 @@ def run(out: Path, train_items: int, test_items: int, detector_steps: int | None
     emb_weights = out / "embedder" / "best.pt" if embedder_epochs else None
     print(f"models ready after {time.perf_counter() - started:.0f} s", flush=True)
 
-    result = run_pipeline(test_root, out / "run", (det_cfg, det_weights), [(emb_cfg, emb_weights)], device="auto")
+    result = run_pipeline(test_root, out / "run", detector=(det_cfg, det_weights), embedders=[(emb_cfg, emb_weights)],
+                          device="auto")
     print(format_summary(result))
     print(f"main job finished in {time.perf_counter() - started:.0f} s")
     return result.summary
@@ -102,7 +103,7 @@ def run(out: Path, train_items: int, test_items: int, detector_steps: int | None
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m metric_sub.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     parser.add_argument("--train-items", type=int, default=16)
     parser.add_argument("--test-items", type=int, default=30)

@@ -28,7 +28,7 @@ from dataset.score.metric import LEVELS
 from metric_sub.vote import Candidate
 
 if TYPE_CHECKING:
-    from metric_sub.pipeline import PipelineResult
+    from pipeline.run import PipelineResult
 
 log = logging.getLogger(__name__)
 
