@@ -28,6 +28,9 @@ class ModelConfig(StrictModel):
     backbone_weights: Path | None = None
     """A state_dict for the timm ``features_only`` backbone (e.g. ImageNet VoVNet), loaded instead of random init."""
     norm: Literal["frozen", "sync", "batch"] = "frozen"
+    """Backbone batch norm: ``frozen`` (the seed's FrozenBN), ``batch`` (each rank's own batch statistics) or
+    ``sync`` (statistics of the global batch over all ranks: torch's SyncBatchNorm on GPUs, gloo-capable
+    ``runtime.distributed.GlooSyncBatchNorm`` on CPUs; the same as ``batch`` in one process)."""
     freeze_at: int = Field(default=0, ge=0, le=5)
     """Backbone stages kept fixed in training, as detectron2's ``FREEZE_AT``: 0 trains every layer, 1 freezes
     the stem (everything before the first FPN level's stage), k > 1 also the stages of the first k - 1 levels.
@@ -67,7 +70,11 @@ class ModelConfig(StrictModel):
 
 
 class StageConfig(StrictModel):
-    """One training stage (the seed ran three, each starting from the previous one's weights)."""
+    """One training stage (the seed ran three, each starting from the previous one's weights).
+
+    ``batch_size`` and ``base_lr`` are those of the global batch: all ranks and accumulation steps together
+    (``bbox_sub.train`` splits it), so a stage trains the same recipe on any number of GPUs.
+    """
 
     name: str
     iterations: int = Field(gt=0)
@@ -92,6 +99,10 @@ class TrainConfig(StrictModel):
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float | None = None
+    accumulation: int = Field(default=1, ge=1)
+    """Micro-batches per optimizer step: each stage's ``batch_size`` (the global batch, over all ranks) is
+    split into ``world_size x accumulation`` equal forward passes, whose gradients add up to the global
+    batch's before one step; it must divide the batch size."""
     precision: Precision = "bf16"
     channels_last: bool = True
     flip_prob: float = 0.5

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 
 from bbox_sub.resize import resize, to_chw
-from dataset.errors import IssueLog
+from dataset.errors import DataError, IssueLog
 from dataset.frames import read_frames_many
 from dataset.images import read_image, write_image
 from dataset.records import Dataset, Instance
@@ -111,7 +111,9 @@ def load_picture(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 
 class TrainSet(TorchDataset):
-    """Indexed by ``(sample index, stream position)`` pairs from ``StreamSampler``."""
+    """Indexed by ``(sample index, stream position)`` pairs from ``StreamSampler``; each item carries the seed its
+    anchors and proposals are drawn from (``bbox_sub.sampling``), a function of the position like its
+    augmentation, and the pictures that had to be skipped for it."""
 
     def __init__(self, samples: list[Sample], min_sizes: tuple[int, ...], max_size: int, flip_prob: float,
                  seed: int) -> None:
@@ -120,6 +122,7 @@ class TrainSet(TorchDataset):
         self.max_size = max_size
         self.flip_prob = flip_prob
         self.seed = seed
+        self.unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -129,7 +132,9 @@ class TrainSet(TorchDataset):
         rng = np.random.default_rng((self.seed, position))
         short_side = int(self.min_sizes[int(rng.integers(len(self.min_sizes)))])
         flip = rng.random() < self.flip_prob
-        image, boxes = load_picture(self.samples[index])
+        sampling_seed = int(rng.integers(2**62))
+        skipped: list[str] = []
+        image, boxes = self._readable(index, skipped)
         height, width = image.shape[:2]
         pixels = resize(to_chw(image), short_side, self.max_size)
         new_height, new_width = pixels.shape[-2:]
@@ -139,7 +144,27 @@ class TrainSet(TorchDataset):
             boxes = np.stack([new_width - boxes[:, 2], boxes[:, 1], new_width - boxes[:, 0], boxes[:, 3]], 1)
         return {"image": pixels.round().clamp(0, 255).to(torch.uint8),
                 "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
-                "labels": torch.ones(len(boxes), dtype=torch.int64)}
+                "labels": torch.ones(len(boxes), dtype=torch.int64), "skipped": skipped,
+                "sampling_seed": sampling_seed}
+
+    def _readable(self, index: int, skipped: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The picture of ``index``, or of the next readable sample after it when it cannot be read.
+
+        An unreadable picture is reported (in ``skipped``, which the trainer logs) and replaced rather than
+        dropped, so that every rank still trains on a full part of the global batch: a rank with fewer
+        pictures would weigh its samples differently, and one with none would leave the others waiting.
+        The replacement depends only on the index, so every world size trains on the same pictures.
+        """
+        for offset in range(len(self.samples)):
+            candidate = (index + offset) % len(self.samples)
+            if candidate in self.unreadable:
+                continue
+            try:
+                return load_picture(self.samples[candidate])
+            except DataError as error:
+                self.unreadable.add(candidate)
+                skipped.append(str(error))
+        raise DataError(self.samples[index].path, "no training picture can be read")
 
 
 class StreamSampler(Sampler):
@@ -147,16 +172,29 @@ class StreamSampler(Sampler):
 
     Starting at ``start`` reproduces exactly the stream an uninterrupted run
     would have drawn from that position on, which makes resuming exact.
+
+    With several ranks, positions ``[k * batch_size, (k + 1) * batch_size)`` are the global batch of step ``k``
+    and each rank draws its own contiguous part of it (``batch_size / world_size`` positions); the ranks
+    together draw exactly the stream of one process, so they train on the same samples with the same
+    augmentation, and every rank gets the same number per step.
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+    def __init__(self, size: int, seed: int, start: int = 0, *, batch_size: int = 1, rank: int = 0,
+                 world_size: int = 1) -> None:
         if size < 1:
             raise ValueError("no training samples")
+        if batch_size % world_size:
+            raise ValueError(f"a global batch of {batch_size} does not split into {world_size} equal parts")
+        if world_size > 1 and start % batch_size:
+            raise ValueError(f"start {start} is not at a global batch boundary (batch {batch_size})")
         self.size = size
         self.seed = seed
         self.start = start
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def _stream(self) -> Iterator[tuple[int, int]]:
         position = self.start
         while True:
             epoch, offset = divmod(position, self.size)
@@ -164,6 +202,15 @@ class StreamSampler(Sampler):
             for index in order[offset:].tolist():
                 yield index, position
                 position += 1
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.world_size == 1:
+            yield from self._stream()
+            return
+        share = self.batch_size // self.world_size
+        for index, position in self._stream():
+            if (position % self.batch_size) // share == self.rank:
+                yield index, position
 
 
 def keep_list(batch: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
