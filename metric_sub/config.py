@@ -86,6 +86,12 @@ class DataConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    """Optimisation. ``batch_size`` and ``lr`` are those of the global batch: all ranks of a torchrun group and
+    all ``accumulation`` steps together (``metric_sub.train`` splits each one-bucket batch into equal parts),
+    so a config trains the same recipe on 1 or N GPUs. ``sync_bn`` normalises with the global batch's
+    statistics when several ranks train (each rank's own otherwise, as the seed's one GPU did with its whole
+    batch)."""
+
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(3.5e-4, gt=0)
@@ -97,6 +103,8 @@ class TrainConfig(StrictModel):
     workers: int = Field(0, ge=0)
     device: str = "auto"
     val_batch_size: int = Field(64, gt=0)
+    accumulation: int = Field(1, ge=1)
+    sync_bn: bool = False
 
 
 class EmbedConfig(StrictModel):
