@@ -62,3 +62,15 @@ def file_stamp(path: Path | str | None) -> list | None:
     path = Path(path)
     stat = path.stat()
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def file_digest(path: Path | str | None) -> str | None:
+    """The first 16 hex digits of a file's SHA-256: an identity that survives a copy (a container's models),
+    where ``file_stamp`` is a cheap cache key that a copy changes."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()[:16]

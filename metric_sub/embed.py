@@ -6,7 +6,7 @@ alone. A run's output folder (``pipeline``) holds:
 
 * ``embeddings.npy``: float32 ``(N, D)``, every row unit-norm.
 * ``embeddings.json``: ``{"format", "dim", "models": [{"name", "config", "weights", "dim", "offset"}],
-  "rows": [...], "issues": [...], "missing_frames": [...]}``; row i describes embeddings[i]: ``kind``
+  "rows": [...], "issues": [...], "missing_frames": [...], "sources": [...]}``; row i describes embeddings[i]: ``kind``
   (image/video), ``source_id`` plus ``item_id`` or ``video_id``, ``file``, ``path``, ``frame`` (null for
   images), ``box`` [x1, y1, x2, y2], ``score``, ``group`` and ``instance_id`` (ground truth, 0 when unknown).
   Boxes whose pixels could not be read have no row; ``issues`` says why.
@@ -263,9 +263,10 @@ def model_key(config: EmbedderConfig, weights: Path | str | None, device: torch.
 
 def write_embeddings(out_dir: Path | str, embeddings: np.ndarray, rows: Sequence[dict],
                      models: Sequence[tuple[EmbedderConfig, Path | str | None]], issues: Sequence[Issue],
-                     missing_frames: Sequence[dict] = ()) -> Path:
+                     missing_frames: Sequence[dict] = (), sources: Sequence[dict] = ()) -> Path:
     """Write ``embeddings.npy`` and ``embeddings.json`` (see the module docstring) for the ensemble ``models``
-    (config, weights), the array first, each renamed into place when complete."""
+    (config, weights), the array first, each renamed into place when complete. ``sources`` lists the items and
+    clips the rows came from (kind, id, pictures read), those without boxes included."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dims = [config.model.embedding_size for config, _ in models]
@@ -278,7 +279,8 @@ def write_embeddings(out_dir: Path | str, embeddings: np.ndarray, rows: Sequence
         "models": [{"name": config.name, "config": config.model_dump(mode="json"),
                     "weights": str(weights) if weights else None, "dim": dims[k], "offset": offsets[k]}
                    for k, (config, weights) in enumerate(models)],
-        "rows": list(rows), "issues": [vars(i) for i in issues], "missing_frames": list(missing_frames)})
+        "rows": list(rows), "issues": [vars(i) for i in issues], "missing_frames": list(missing_frames),
+        "sources": list(sources)})
     return out_dir
 
 

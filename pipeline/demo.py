@@ -16,8 +16,11 @@
    so few identities pulls every crop towards one of them and lowers the
    held-out score (0.54 on average after 8 epochs on 16 items, 0.65 on 32
    items); ``--embedder-epochs N`` fine-tunes it anyway (``OUT/embedder``);
-4. runs the pipeline on the test root into ``OUT/run``: ``result.json``, the
-   contest score, ``report.html``.
+4. writes the model set ``OUT/models.yaml`` (``pipeline.model_set``: the configs as trained, the checkpoints),
+   which with the default ``--out`` is the bundled default that ``run.sh`` and the service use when no models
+   are named;
+5. runs the pipeline on the test root into ``OUT/run``: ``result.json``, the contest score, ``report.html``;
+   then prints the ``run.sh`` and service commands that reuse the models.
 
 The data are small (short, low-resolution clips) so that all of it fits in a
 few minutes on two CPU cores; the score says the pipeline works end to end,
@@ -33,6 +36,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel
 
 from bbox_sub.config import load_detector_config
@@ -40,8 +44,9 @@ from bbox_sub.train import train as train_detector
 from dataset.errors import DataError
 from dataset.synth import SynthConfig, ensure
 from metric_sub.config import load_embedder_config
-from pipeline.run import format_summary, run_pipeline
 from metric_sub.train import Trainer
+from pipeline.model_set import DEFAULT_MODEL_SET, ModelRef, ModelSet, write_model_set
+from pipeline.run import format_summary, run_pipeline
 from runtime.checkpoint import load_checkpoint
 
 SYNTH = SynthConfig(shop_size=256, shop_images_min=2, shop_images_max=4, clip_frames=161, clip_width=180,
@@ -93,12 +98,36 @@ def run(out: Path, train_items: int, test_items: int, detector_steps: int | None
     det_weights = out / "detector" / "model_final.pth"
     emb_weights = out / "embedder" / "best.pt" if embedder_epochs else None
     print(f"models ready after {time.perf_counter() - started:.0f} s", flush=True)
+    models = write_models(out, det_cfg, det_weights, emb_cfg, emb_weights)
 
-    result = run_pipeline(test_root, out / "run", detector=(det_cfg, det_weights), embedders=[(emb_cfg, emb_weights)],
-                          device="auto")
+    result = run_pipeline(test_root, out / "run", models=models, device="auto")
     print(format_summary(result))
     print(f"main job finished in {time.perf_counter() - started:.0f} s")
+    print(reuse_commands(out, test_root))
     return result.summary
+
+
+def write_models(out: Path, det_cfg: BaseModel, det_weights: Path, emb_cfg: BaseModel,
+                 emb_weights: Path | None) -> Path:
+    """``OUT/models.yaml`` with the configs as trained (overrides included) beside it."""
+    (out / "detector.yaml").write_text(yaml.safe_dump(det_cfg.model_dump(mode="json"), sort_keys=False))
+    (out / "embedder.yaml").write_text(yaml.safe_dump(emb_cfg.model_dump(mode="json"), sort_keys=False))
+    models = ModelSet(detector=ModelRef(config=str(out / "detector.yaml"), weights=det_weights),
+                      embedders=[ModelRef(config=str(out / "embedder.yaml"), weights=emb_weights)])
+    return write_model_set(out / "models.yaml", models)
+
+
+def reuse_commands(out: Path, test_root: Path) -> str:
+    """The commands that run the batch job and the service on the models just trained."""
+    named = "" if (out / "models.yaml").resolve() == DEFAULT_MODEL_SET else f" --models {out / 'models.yaml'}"
+    gallery = out / "gallery"
+    return "\n".join([
+        f"models: {out / 'models.yaml'}" + (" (the bundled default)" if not named else ""),
+        "reuse them:",
+        f"  ./run.sh {test_root} {out / 'run2'}{named}",
+        f"  python -m service rebuild{named} --data-dir {gallery} --run {out / 'run'}",
+        f"  python -m service{named} --data-dir {gallery} --root {test_root}",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:

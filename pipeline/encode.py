@@ -175,5 +175,7 @@ def write_outputs(out: Path, gathered: Gathered, *, detector: DetectorSpec | Non
         validate_boxes(document, str(out / "boxes.json"))
         write_json_atomic(out / "boxes.json", document)
     dim = sum(config.model.embedding_size for config, _ in embedders)
+    sources = [{"kind": e.source.kind, "source_id": e.source.source_id, "files": list(e.source.files),
+                "pictures": e.pictures} for e in gathered.encoded]
     write_embeddings(out / "embed", gathered.vectors(dim), source_rows(gathered.encoded), embedders,
-                     gathered.issues, gathered.missing_frames)
+                     gathered.issues, gathered.missing_frames, sources)

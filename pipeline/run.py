@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -60,6 +60,7 @@ from metric_sub.match import MatchConfig, load_match_config, match_embeddings
 from pipeline.checks import check_config_name, check_inputs, prepare_out_dir
 from pipeline.encode import (SOURCES_PER_GROUP, DetectorSpec, EmbedderSpec, encode_sources, gather, load_encoder,
                              models_key, write_outputs)
+from pipeline.model_set import DEFAULT_MODEL_SET, MAKE_DEFAULT, REPO, ModelSet, load_model_set
 from pipeline.source import annotated_sources, dataset_sources
 from pipeline.store import SourceStore
 from runtime.allocator import release_freed_memory
@@ -71,9 +72,6 @@ STAGES = ("encode", "match", "score", "report")
 SKIPPED = "skipped: "
 ModelSpec = tuple[str | Path | DetectorConfig | EmbedderConfig, str | Path | None]
 """A config (bundled name, YAML path or loaded config) and its weights (``None``: ImageNet init, Lite only)."""
-
-DEFAULT_EMBEDDERS: tuple[ModelSpec, ...] = (("lite0", None), ("lite1", None), ("lite2", None))
-
 
 @dataclass
 class StageRecord:
@@ -91,12 +89,17 @@ class StageRecord:
     memory: StageMemory | None = None
     steps: dict[str, float] | None = None
     """Seconds per step inside the stage, where it has steps (encode: read, detect, embed, write)."""
+    engine: dict[str, Any] | None = None
+    """Where the stage ran, when not in this process (encode on Ray: the cluster, the actor pool, and how many
+    actors encoded how many sources on which node)."""
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"seconds": round(self.seconds, 2), "cached": self.cached,
                                   "resumed_sources": self.resumed_sources}
         if self.steps is not None:
             record["steps"] = self.steps
+        if self.engine is not None:
+            record["engine"] = self.engine
         if self.cached:
             record["computed"] = self.computed
         if self.memory is not None:
@@ -221,25 +224,35 @@ def _embedder_weights_needed(specs: Sequence[tuple[EmbedderConfig, Path | None]]
 
 
 def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | str, *,
-                 detector: ModelSpec | None = None, embedders: Sequence[ModelSpec] = DEFAULT_EMBEDDERS,
+                 detector: ModelSpec | None = None, embedders: Sequence[ModelSpec] | None = None,
+                 models: ModelSet | Path | str | None = None,
                  match_config: MatchConfig | Path | str | None = None, device: str = "auto",
                  ground_truth_boxes: bool = False, stop_after: str | None = None, report: bool = True,
-                 sources_per_group: int = SOURCES_PER_GROUP, progress: bool = True) -> PipelineResult:
+                 sources_per_group: int = SOURCES_PER_GROUP, progress: bool = True,
+                 engine: Literal["local", "ray"] = "local", ray_address: str | None = None) -> PipelineResult:
     """Run (or resume) every stage on ``data_roots`` into ``out_dir``; see the module docstring.
 
     ``stop_after`` ends the run after the named stage (the rest resume later). ``sources_per_group`` sources
     are embedded together and written when done: fewer hold less memory and resume at finer steps, more fill
-    the embedders' batches better.
-    Wrong inputs raise before anything is written (``pipeline.checks``);
+    the embedders' batches better. ``engine="ray"`` encodes on a Ray cluster (``pipeline.ray_engine``): the
+    one at ``ray_address``, or a local instance started for the run; the stored sources are the same.
+    The models not given (``detector``, ``embedders``) come from the model set ``models`` (a
+    ``pipeline.model_set`` file; default: the bundled one the demo writes), as does its match config when
+    ``match_config`` is not given. Wrong inputs raise before anything is written (``pipeline.checks``);
     bad files inside a root (a corrupt clip or image) are skipped and listed
     in the result.
     """
     roots = [Path(data_roots)] if isinstance(data_roots, (str, Path)) else [Path(r) for r in data_roots]
     out = Path(out_dir)
-    if detector is None and not ground_truth_boxes:
-        raise ValueError("give a detector (config, weights), or ground_truth_boxes=True for matching only")
+    if embedders is None or (detector is None and not ground_truth_boxes):
+        model_set = models if isinstance(models, ModelSet) else load_model_set(models)
+        detector = detector or (model_set.detector.config, model_set.detector.weights)
+        embedders = embedders or [(e.config, e.weights) for e in model_set.embedders]
+        match_config = match_config if match_config is not None else model_set.match
     if sources_per_group < 1:
         raise ValueError(f"sources_per_group={sources_per_group}: need at least 1")
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine={engine!r}: not 'local' or 'ray'")
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r}: not one of {STAGES}")
     config = match_config if isinstance(match_config, MatchConfig) else load_match_config(match_config)
@@ -262,7 +275,8 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
 
     with timed("encode") as stage:
         embeddings, meta = _encode_stage(data, out, detector, specs, torch_device, stages, stage,
-                                         group_size=sources_per_group, progress=progress)
+                                         group_size=sources_per_group, progress=progress, engine=engine,
+                                         ray_address=ray_address, asked_device=device)
         issues.extend(IssueLog([_issue(i) for i in meta["issues"]]))
         outcome.missing_frames = {m["video_id"]: {"count": len(m["frames"]), "frames": m["frames"],
                                                   "file_frames": m["file_frames"]}
@@ -338,11 +352,27 @@ def _collect_issues(outcome: PipelineResult, issues: IssueLog) -> None:
 
 
 def _encode_stage(data: Dataset, out: Path, detector: DetectorSpec | None, specs: list[EmbedderSpec],
-                  device: Any, stages: StageLog, stage: _Stage, *, group_size: int,
-                  progress: bool) -> tuple[Any, dict]:
+                  device: Any, stages: StageLog, stage: _Stage, *, group_size: int, progress: bool,
+                  engine: str = "local", ray_address: str | None = None,
+                  asked_device: str = "auto") -> tuple[Any, dict]:
+    """The encode stage in this process, or with its sources encoded on a Ray cluster."""
+    if engine != "ray":
+        return _encode_sources(data, out, detector, specs, device, stages, stage, group_size=group_size,
+                               progress=progress)
+    from pipeline.ray_engine import ray_cluster
+
+    with ray_cluster(address=ray_address, device=asked_device) as cluster:
+        return _encode_sources(data, out, detector, specs, device, stages, stage, group_size=group_size,
+                               progress=progress, cluster=cluster)
+
+
+def _encode_sources(data: Dataset, out: Path, detector: DetectorSpec | None, specs: list[EmbedderSpec],
+                    device: Any, stages: StageLog, stage: _Stage, *, group_size: int, progress: bool,
+                    cluster: Any = None) -> tuple[Any, dict]:
     """Every source's boxes and vectors (the sources already stored are read back, not recomputed)."""
     sources = annotated_sources(data) if detector is None else dataset_sources(data, detector[0].infer.frames)
-    store = SourceStore(out / "sources", models_key(detector, specs, device))
+    models = models_key(detector, specs, device) if cluster is None else cluster.models_key(detector, specs)
+    store = SourceStore(out / "sources", models)
     keys = [store.key(s) for s in sources]
     key = digest(keys)
     embed_dir = out / "embed"
@@ -355,12 +385,17 @@ def _encode_stage(data: Dataset, out: Path, detector: DetectorSpec | None, specs
     if stage.record.resumed_sources:
         log.info("resuming: %d of %d sources found done in %s; skipped", stage.record.resumed_sources,
                  len(sources), store.folder)
-    # The models load even when every source is stored: weights that cannot be loaded are named now, not on the
-    # first run that has something new to encode.
-    encoder = load_encoder(detector=detector, embedders=specs, device=device)
-    workers = detector[0].infer.decode_workers if detector else 2
-    report = encode_sources(encoder, todo, store, workers=workers, group_size=group_size, progress=progress)
-    del encoder
+    if cluster is not None:
+        report = cluster.encode(todo, store, detector=detector, embedders=specs, group_size=group_size,
+                                progress=progress)
+        stage.record.engine = report.engine
+    else:
+        # The models load even when every source is stored: weights that cannot be loaded are named now, not on
+        # the first run that has something new to encode.
+        encoder = load_encoder(detector=detector, embedders=specs, device=device)
+        workers = detector[0].infer.decode_workers if detector else 2
+        report = encode_sources(encoder, todo, store, workers=workers, group_size=group_size, progress=progress)
+        del encoder
     stage.record.steps = {name: round(value, 2) for name, value in report.seconds.items()}
     gathered = gather(sources, keys, store, report.failures)
     resumed = gathered.resumed({k for _, k in todo})
@@ -398,17 +433,21 @@ def format_summary(result: PipelineResult) -> str:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, help="dataset root(s), then the output folder")
+    parser.add_argument("--models", type=Path, metavar="FILE",
+                        help="model set whose detector, embedders and match config are used where not given "
+                             f"(default: the bundled one, {DEFAULT_MODEL_SET.relative_to(REPO)}, which "
+                             f"`{MAKE_DEFAULT}` writes)")
     parser.add_argument("--detector", nargs=2, metavar=("CFG", "WEIGHTS"), help="detector config and checkpoint")
     parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a detector config value, e.g. infer.video_score_thresh=0.5")
     parser.add_argument("--ground-truth-boxes", action="store_true",
                         help="use the annotated boxes instead of a detector (matching-only evaluation)")
     parser.add_argument("--embedders", nargs="+", metavar="CFG WEIGHTS",
-                        help="config and checkpoint pairs; '-' keeps a Lite config's ImageNet weights "
-                             "(default: lite0 - lite1 - lite2 -)")
+                        help="config and checkpoint pairs; '-' keeps a Lite config's ImageNet weights")
     parser.add_argument("--embedder-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every embedder config, e.g. data.bucket_scale=0.5")
-    parser.add_argument("--match", type=Path, default=None, help="match config YAML (default: the bundled one)")
+    parser.add_argument("--match", type=Path, default=None,
+                        help="match config YAML (default: the model set's, else the bundled one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a match config value, e.g. vote.cutoff=1.0")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
@@ -416,6 +455,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sources-per-group", type=int, default=SOURCES_PER_GROUP, metavar="N",
                         help="items and clips embedded together and written when done: fewer hold less memory "
                              f"and resume at finer steps (default {SOURCES_PER_GROUP})")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where the encode stage runs: in this process, or on a Ray cluster (needs the ray "
+                             "extra: pip install shopmatch[ray])")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: the cluster to join (HOST:PORT of `ray start --head`, or auto); "
+                             "without it a local Ray instance is started for the run")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -428,18 +473,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _load_models(args: argparse.Namespace) -> tuple[ModelSpec | None, list[ModelSpec]]:
-    """The detector and embedder configs with their overrides; a config name that is neither a file nor
-    bundled fails naming it."""
-    pairs = (list(zip(args.embedders[::2], args.embedders[1::2])) if args.embedders
-             else list(DEFAULT_EMBEDDERS))
+def _load_models(args: argparse.Namespace) -> tuple[ModelSpec | None, list[ModelSpec], Path | None]:
+    """The detector and embedder configs with their overrides, and the match config file: what is not named
+    comes from the model set. A config name that is neither a file nor bundled fails naming it."""
+    detector_pair = tuple(args.detector) if args.detector else None
+    pairs = list(zip(args.embedders[::2], args.embedders[1::2])) if args.embedders else None
+    match = args.match
+    if pairs is None or (detector_pair is None and not args.ground_truth_boxes):
+        model_set = load_model_set(args.models)
+        if detector_pair is None and not args.ground_truth_boxes:
+            detector_pair = (model_set.detector.config, model_set.detector.weights)
+        pairs = pairs or [(e.config, e.weights) for e in model_set.embedders]
+        match = match or model_set.match
     for name, _ in pairs:
         check_config_name(name, "embedder")
     embedders = [(load_embedder_config(name, args.embedder_set), weights) for name, weights in pairs]
-    if not args.detector:
-        return None, embedders
-    check_config_name(args.detector[0], "detector")
-    return (load_detector_config(args.detector[0], args.detector_set), args.detector[1]), embedders
+    if detector_pair is None:
+        return None, embedders, match
+    check_config_name(detector_pair[0], "detector")
+    return (load_detector_config(detector_pair[0], args.detector_set), detector_pair[1]), embedders, match
 
 
 def _os_problem(exc: OSError) -> str:
@@ -452,14 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
     try:
-        config = load_match_config(args.match, args.overrides)
-        detector, embedders = _load_models(args)
+        detector, embedders, match = _load_models(args)
+        config = load_match_config(match, args.overrides)
         with logging_redirect_tqdm():
             result = run_pipeline(args.paths[:-1], args.paths[-1], detector=detector, embedders=embedders,
                                   match_config=config, device=args.device,
                                   ground_truth_boxes=args.ground_truth_boxes, stop_after=args.stop_after,
                                   report=not args.no_report, sources_per_group=args.sources_per_group,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, engine=args.engine,
+                                  ray_address=args.ray_address)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

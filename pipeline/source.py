@@ -7,7 +7,7 @@ how to answer them is the caller's business.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -122,11 +122,12 @@ def annotated_sources(data: Dataset) -> list[Source]:
     return sources
 
 
-def read_source(source: Source, *, decoder_threads: int = 0) -> SourcePictures:
-    """Decode a source's pictures once. An unreadable shop image is an issue (the item keeps its other images);
-    an unreadable clip raises ``DataError``."""
+def read_source(source: Source, *, decoder_threads: int = 0, backend: str = "auto",
+                on_unreadable_image: Callable[[DataError], None] | None = None) -> SourcePictures:
+    """Decode a source's pictures once. An unreadable clip raises ``DataError``; an unreadable shop image is an
+    issue and the item keeps its other images, unless ``on_unreadable_image`` (which may raise) takes it."""
     if source.kind == "clip":
-        clip = read_frames(source.files[0], source.frames, num_threads=decoder_threads)
+        clip = read_frames(source.files[0], source.frames, backend, decoder_threads)
         pictures = [Picture(str(clip.path), "", index, frame) for index, frame in zip(clip.indices, clip.frames)]
         missing = {"frames": clip.missing, "file_frames": clip.num_frames} if clip.missing else None
         return SourcePictures(source, pictures, missing=missing)
@@ -136,7 +137,7 @@ def read_source(source: Source, *, decoder_threads: int = 0) -> SourcePictures:
         try:
             pictures.append(Picture(path, Path(path).name, None, read_image(path)))
         except DataError as exc:
-            issues.error(exc)
+            (on_unreadable_image or issues.error)(exc)
     return SourcePictures(source, pictures, issues.issues)
 
 

@@ -36,6 +36,26 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+REFUSAL_STATUS = {"too_many_pixels": 413, "image_too_large": 422, "corrupt_file": 422, "too_many_images": 422,
+                  "clip_too_long": 422}
+"""The HTTP status of each code the inference layer refuses a source with."""
+
+
+class Refused(Exception):
+    """A source the inference layer will not process (over a limit, unreadable): a stable ``code`` and a
+    message naming the file. It knows no HTTP; ``install_handlers`` answers it with ``REFUSAL_STATUS``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in REFUSAL_STATUS:
+            raise ValueError(f"unknown refusal code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def as_api_error(self) -> ApiError:
+        return ApiError(REFUSAL_STATUS[self.code], self.code, self.message)
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status,
                         headers=headers)
@@ -63,6 +83,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         request.state.error_code = exc.code
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return await _api_error(request, exc.as_api_error())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

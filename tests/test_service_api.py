@@ -41,7 +41,9 @@ def setup(tiny_setup: dict[str, Path]) -> dict[str, Path]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("SHOPMATCH_CONFIG_FILE", None)  # each server is given its settings file
+    return env
 
 
 class Server:
@@ -137,6 +139,80 @@ def test_match_by_folder_and_upload_give_the_pipeline_answer(server: Server, set
         assert got == by_upload.json()["match"]
         expected = [v for v, item in item_of_clip.items() if item == folder.name]
         assert ([got["video_id"]] if got else []) == expected, (folder.name, by_path.json())
+
+
+def _stored_entries(settings_file: Path, data_dir: Path) -> dict[tuple[str, str], object]:
+    """What a stored gallery holds, read in this process (the settings file is named for this call only)."""
+    from service.engine import model_identity
+    from service.gallery import open_gallery
+    from service.settings import CONFIG_FILE_ENV, load_settings
+
+    before = os.environ.get(CONFIG_FILE_ENV)
+    try:
+        settings = load_settings(settings_file, data_dir=data_dir)
+    finally:
+        os.environ.pop(CONFIG_FILE_ENV, None) if before is None else os.environ.update({CONFIG_FILE_ENV: before})
+    store = open_gallery(settings, 64, model_identity(settings.model_set()))
+    try:
+        return {(s.kind, s.source_id): s for s in store.export()}
+    finally:
+        store.close()
+
+
+def test_a_gallery_rebuilt_from_a_run_holds_what_embedding_the_root_gives(setup: dict[str, Path], gallery: Path,
+                                                                           pipeline_result: dict[str, dict],
+                                                                           tmp_path: Path) -> None:
+    """``rebuild --run`` takes the batch run's boxes and vectors (no model runs): the same entries, boxes and
+    vectors as the rebuild that embeds the root anew through the service's engine."""
+    import numpy as np
+
+    data_dir = tmp_path / "from_run"
+    done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(setup["config"]),
+                           "--data-dir", str(data_dir), "--run", str(setup["base"] / "run")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 items, 4 clips" in done.stdout
+    from_run, embedded = _stored_entries(setup["config"], data_dir), _stored_entries(setup["config"], gallery)
+    assert from_run.keys() == embedded.keys()
+    for key, entry in from_run.items():
+        other = embedded[key]
+        assert (entry.names, entry.frames, entry.boxes, entry.groups, entry.pictures) == \
+            (other.names, other.frames, other.boxes, other.groups, other.pictures), key
+        assert np.allclose(entry.vectors, other.vectors, atol=1e-5), key
+
+
+def test_a_run_made_with_other_models_is_refused_in_one_line(setup: dict[str, Path],
+                                                             pipeline_result: dict[str, dict],
+                                                             tmp_path: Path) -> None:
+    import yaml
+
+    detector = yaml.safe_load(Path(setup["detector_config"]).read_text())
+    detector["infer"]["image_score_thresh"] = 0.5
+    (tmp_path / "detector.yaml").write_text(yaml.safe_dump(detector))
+    settings = yaml.safe_load(Path(setup["config"]).read_text())
+    settings["detector"]["config"] = str(tmp_path / "detector.yaml")
+    (tmp_path / "service.yaml").write_text(yaml.safe_dump(settings))
+    done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(tmp_path / "service.yaml"),
+                           "--data-dir", str(tmp_path / "gallery"), "--run", str(setup["base"] / "run")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "inference settings differ" in lines[0] and "image_score_thresh" in lines[0]
+
+
+def test_the_service_without_models_refuses_in_one_line_naming_the_command(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "service", "--data-dir", str(tmp_path / "g"),
+                           "--models", str(tmp_path / "none.yaml")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'none.yaml'}: model set not found"]
+    absent = tmp_path / "repo_without_models"
+    done = subprocess.run([sys.executable, "-c", "import sys, pipeline.model_set as m; "
+                           f"m.DEFAULT_MODEL_SET = m.Path({str(absent / 'models.yaml')!r}); "
+                           "from service.__main__ import main; sys.exit(main(['--data-dir', sys.argv[1]]))",
+                           str(tmp_path / "g")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "python -m pipeline.demo" in lines[0], done.stderr
 
 
 def test_refusals_have_the_right_codes(server: Server, setup: dict[str, Path]) -> None:
