@@ -43,6 +43,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,6 +301,7 @@ class Trainer:
                 set_rng_state(self.resumed_rng)
                 self.resumed_rng = None
             losses = []
+            began = time.monotonic()
             while True:
                 parts = [part for _, part in zip(range(accumulation), iterator)]
                 if len(parts) < accumulation:
@@ -316,7 +318,8 @@ class Trainer:
             if self.batch_in_epoch < self.epoch_batches[self.epoch]:
                 self.save()
                 break
-            record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else None}
+            record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else None,
+                      "train_seconds": round(time.monotonic() - began, 3)}
             if self.validates:
                 scores = (self.validation.evaluate(self.model, self.config, self.device, self.amp)
                           if self.validation is not None else None)
