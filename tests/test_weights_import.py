@@ -120,7 +120,7 @@ def _tf_port_name(key: str, state: dict[str, torch.Tensor]) -> str:
     if parts[0] != "blocks":
         return ".".join([top[parts[0]], *parts[1:]])
     stage, block = int(parts[1]), int(parts[2])
-    flat = sum(1 for k in state if re.fullmatch(rf"blocks\.(\d+)\.(\d+)\.conv_dw\.weight", k)
+    flat = sum(1 for k in state if re.fullmatch(r"blocks\.(\d+)\.(\d+)\.conv_dw\.weight", k)
                and (int(k.split(".")[1]), int(k.split(".")[2])) < (stage, block))
     inverted = f"blocks.{stage}.{block}.conv_pwl.weight" in state
     names = ({"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
