@@ -56,6 +56,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
                     "python -m bench.match_rules --run NAME OUT DATA_ROOT"),
     "service_match": ("The service's matching alone, per query kind and gallery change, against galleries of "
                       "growing size.", "python -m bench.service_match"),
+    "service_match_backends": ("The gallery backends side by side (local FAISS + SQLite, Milvus standalone): "
+                               "load, index, match, search, add and delete latency, recall against exact "
+                               "search, and memory per replica.",
+                               "python -m bench.service_match --backend local,milvus"),
     "service_load": ("Concurrent clients against the REST service: latency percentiles, throughput, errors and "
                      "the server's peak memory.", "python -m bench.service_load"),
 }

@@ -30,6 +30,21 @@ of queries matched to the item or clip they were drawn from. A new query
 shows a garment that an indexed entry shows too, so the one-to-one
 assignment gives the partner to one of the two and ``right`` stays well
 under 1; an indexed one replaces its entry and should always be right.
+
+``--backend local,milvus`` instead compares the gallery backends side by
+side, on galleries of ``--vectors`` box vectors (the same generated
+sources for each backend; ``bench/results/service_match_backends.json``):
+``load_s`` to commit the whole gallery (``replace_all``), ``index_s`` for
+Milvus to seal it and build its index, ``match`` one new clip matched with
+the gallery's newest generation read first (for Milvus a Strong read of
+its head), ``search`` one box's 10 nearest clip boxes through the backend's
+``search`` (the local store's exact FAISS search, Milvus's index) with
+``recall@1`` / ``recall@10`` against exact search, ``add`` / ``delete`` one
+clip committed, and a replica's memory: the resident memory a fresh process
+adds by opening the gallery (``replica_mib``; every replica holds the
+snapshot the voting reads) and, for Milvus, the server's
+(``server_rss_mib``). Milvus is started here from the PyPI package
+(``milvus-server``, its default settings) unless ``--milvus-uri`` names one.
 """
 from __future__ import annotations
 
@@ -49,9 +64,26 @@ from service.gallery import GalleryStore, Snapshot, SourceBoxes
 from service.matcher import GalleryMatcher
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "service_match.json"
+BACKENDS_OUT = Path(__file__).resolve().parent / "results" / "service_match_backends.json"
+BACKEND_COLUMNS = ["backend", "vectors", "index", "load_s", "index_s", "match_p50_ms", "search_p50_ms", "recall@1",
+                   "recall@10", "add_p50_ms", "delete_p50_ms", "replica_mib", "server_rss_mib"]
+REPLICA = """
+import json, resource, sys
+sys.path.insert(0, {repo!r})
+def rss():
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS"))) / 1024
+from service.gallery import open_gallery
+from service.settings import Settings
+settings = Settings.model_validate_json({settings!r})
+before = rss()
+store = open_gallery(settings, {dim}, {{"bench": True}})
+store.current()
+print(json.dumps({{"replica_mib": rss() - before}}))
+"""
 COLUMNS = ["pairs", "item_boxes", "clip_boxes", "query", "gallery_votes_s", "p50_ms", "p95_ms", "right",
            "commit_p50_ms", "commit_max_ms"]
 IMAGES, BOXES_PER_IMAGE, FRAMES, OTHERS = 5, 2, 16, 2
+VECTORS_PER_PAIR = IMAGES * BOXES_PER_IMAGE + FRAMES * (1 + OTHERS)
 SPREAD = 0.8
 
 
@@ -150,6 +182,111 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": 1000 * statistics.median(seconds), "p95_ms": 1000 * float(np.percentile(seconds, 95))}
 
 
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process and every process in its process group (a server and its children)."""
+    total = 0.0
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pid:  # the process group
+            total += int(fields[21]) * 4096 / 2**20
+    return total
+
+
+def _replica_mib(settings, dim: int) -> float:
+    """What a fresh process's resident memory grows by when it opens the gallery (a replica starting)."""
+    import json
+    import subprocess
+    import sys
+
+    script = REPLICA.format(repo=str(Path(__file__).resolve().parents[1]), settings=settings.model_dump_json(),
+                            dim=dim)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return round(json.loads(done.stdout.strip().splitlines()[-1])["replica_mib"], 1)
+
+
+def backend_rows(args: argparse.Namespace, rng: np.random.Generator, folder: Path) -> list[dict]:
+    """Each gallery backend on the same generated galleries (see the module docstring)."""
+    from service.gallery import open_gallery
+    from service.gallery.model import search_side
+    from service.settings import GallerySettings, Settings
+
+    backends = args.backend.split(",")
+    server = None
+    uri = args.milvus_uri
+    if "milvus" in backends and not uri:
+        from service.gallery.milvus_server import LocalMilvus
+
+        server = LocalMilvus(folder / "milvus").start()
+        uri = server.uri
+    rules = load_match_config().vote
+    rows = []
+    try:
+        for vectors in (int(v) for v in args.vectors.split(",")):
+            pairs = max(1, vectors // VECTORS_PER_PAIR)
+            sources, centres = gallery_sources(pairs, args.dim, rng)
+            asked = queries("clip new", args.queries, pairs, centres, rng)
+            probes = np.concatenate([q.vectors[:1] for q, _ in queries("item new", args.queries, pairs, centres,
+                                                                       rng)])
+            changes = [q for q, _ in queries("clip new", args.changes, pairs, centres, rng)]
+            for backend in backends:
+                gallery = GallerySettings(backend=backend, uri=uri or "http://127.0.0.1:19530",
+                                          collection=f"bench_{vectors}", index=args.milvus_index)
+                settings = Settings(data_dir=folder / f"{backend}-{vectors}", gallery=gallery)
+                store = open_gallery(settings, args.dim, {"bench": True}, fresh=True)
+                with Timer() as load:
+                    store.replace_all(sources)
+                index_s = store.settle() if backend == "milvus" else 0.0
+                snapshot = store.current()
+                matcher = GalleryMatcher(rules)
+                matcher.gallery_votes(snapshot)
+                match_times = []
+                for query, _ in asked:
+                    with Timer() as timer:
+                        matcher.match(query, store.current())
+                    match_times.append(timer.seconds)
+                search_times, found = [], []
+                for probe in probes:
+                    with Timer() as timer:
+                        found.append(store.search("clip", probe[None], 10)[1][0])
+                    search_times.append(timer.seconds)
+                exact = search_side(snapshot.sides["clip"], probes, 10)[1]
+                found = np.asarray(found)
+                adds, deletes = [], []
+                for source in changes:
+                    with Timer() as timer:
+                        store.put([source])
+                    adds.append(timer.seconds)
+                for source in changes:
+                    with Timer() as timer:
+                        store.delete("clip", source.source_id)
+                    deletes.append(timer.seconds)
+                row = {"backend": backend, "vectors": len(snapshot.sides["item"]) + len(snapshot.sides["clip"]),
+                       "index": args.milvus_index if backend == "milvus" else "flat (exact)",
+                       "load_s": round(load.seconds, 2), "index_s": round(index_s, 1),
+                       "match_p50_ms": round(1000 * statistics.median(match_times), 1),
+                       "search_p50_ms": round(1000 * statistics.median(search_times), 2),
+                       "recall@1": round(float(np.mean(found[:, 0] == exact[:, 0])), 3),
+                       "recall@10": round(float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])),
+                                          3),
+                       "add_p50_ms": round(1000 * statistics.median(adds), 1),
+                       "delete_p50_ms": round(1000 * statistics.median(deletes), 1),
+                       "replica_mib": _replica_mib(settings, args.dim),
+                       "server_rss_mib": round(_rss_mib(server.process.pid), 1) if server and backend == "milvus"
+                       else None}
+                store.close()
+                rows.append(row)
+                print_table([row], BACKEND_COLUMNS)
+    finally:
+        if server is not None:
+            server.stop()
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.service_match", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default="250,1000,4000", help="comma-separated gallery sizes (item-clip pairs)")
@@ -157,14 +294,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=20, help="queries per kind and size")
     parser.add_argument("--changes", type=int, default=8, help="gallery additions timed per kind and size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT.name}, or "
+                                                                  f"{BACKENDS_OUT.name} with --backend")
+    parser.add_argument("--backend", help="compare gallery backends instead: local, milvus or local,milvus")
+    parser.add_argument("--vectors", default="10000,100000", help="with --backend: gallery sizes in box vectors")
+    parser.add_argument("--milvus-uri", help="with --backend milvus: a running Milvus (default: start one here)")
+    parser.add_argument("--milvus-index", default="HNSW", choices=("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"))
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
+    if args.backend:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = backend_rows(args, rng, Path(tmp))
+        print()
+        print_table(rows, BACKEND_COLUMNS)
+        path = write_result(args.out or BACKENDS_OUT, "service_match_backends", rows, {
+            "dim": args.dim, "queries": args.queries, "changes": args.changes, "threads": torch.get_num_threads(),
+            "milvus": "PyPI milvus 2.3.5 standalone (milvus-server), default settings", "consistency": "Strong",
+            "note": "2-core machine possibly shared with other jobs during the run"})
+        print(f"written {path}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for p in args.pairs.split(",") for row in measure(int(p), args, rng, Path(tmp))]
     print()
     print_table(rows, COLUMNS)
-    path = write_result(args.out, "service_match", rows, {
+    path = write_result(args.out or DEFAULT_OUT, "service_match", rows, {
         "dim": args.dim, "queries": args.queries, "changes": args.changes, "threads": torch.get_num_threads(),
         "vote": load_match_config().vote.model_dump()})
     print(f"written {path}")

@@ -2,12 +2,17 @@
 
     python -m service --data-dir DIR --config service.yaml [--host 127.0.0.1 --port 8000]
     python -m service rebuild --data-dir DIR --root DATASET_ROOT [--config service.yaml]
+    python -m service migrate --from local --to milvus [--data-dir DIR] [--config service.yaml]
 
 Both read the same settings (file, ``SHOPMATCH_*`` environment, these
 flags). A rebuild embeds every item folder and clip of the root with the
 configured models and replaces the gallery in one atomic change; run it
 while no server uses the data directory (a running server keeps serving its
-loaded generation until restarted).
+loaded generation until restarted). Both fill the backend the settings name
+(``gallery.backend``: ``local``, or ``milvus`` with ``gallery.uri``, whose
+replicas see the new generation at their next request). ``migrate`` copies the
+gallery of one backend into the other in one atomic change (the settings give
+both places; entries get the migration's time as ``added_at``).
 """
 from __future__ import annotations
 
@@ -36,14 +41,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple[int, int, list[str]]:
     """Embed every item and clip of ``root`` and make them the whole gallery; returns counts and skips."""
     from service.engine import Engine
-    from service.gallery import GalleryStore
+    from service.gallery import open_gallery
     from service.metrics import Metrics
 
     issues = IssueLog()
     data = load_dataset(root, issues)
     engine = Engine(settings, Metrics())
     engine.wait_for_pixels = True  # sources embedded together wait for room in the pixel budget, not fail
-    store = GalleryStore(settings.data_dir, engine.dim, engine.models, str(engine.device), fresh=True)
+    store = open_gallery(settings, engine.dim, engine.models, str(engine.device), fresh=True)
     skipped = [str(issue) for issue in issues.errors]
     gate = asyncio.Semaphore(concurrency)
     done = 0
@@ -76,9 +81,47 @@ async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple
     return snapshot.count("item"), snapshot.count("clip"), skipped
 
 
+def migrate(settings: Settings, source: str, target: str) -> tuple[int, int]:
+    """Copy the gallery of backend ``source`` into backend ``target`` (replacing what it held); returns counts."""
+    from service.gallery import GalleryError, open_gallery
+    from service.gallery.local import GalleryStore
+
+    if source == target:
+        raise GalleryError(f"--from and --to are both {source}")
+    place = {name: settings.model_copy(update={"gallery": settings.gallery.model_copy(update={"backend": name})})
+             for name in (source, target)}
+    if source == "milvus":
+        from service.gallery.milvus import MilvusGallery
+
+        identity = MilvusGallery.stored_identity(place[source].gallery)
+    else:
+        identity = GalleryStore.stored_identity(settings.data_dir)
+    if identity is None:
+        raise GalleryError(f"the {source} gallery is empty: nothing to migrate")
+    dim, models = identity
+    reader = open_gallery(place[source], dim, models)
+    try:
+        sources = list(reader.export())
+    finally:
+        reader.close()
+    writer = open_gallery(place[target], dim, models, fresh=True)
+    try:
+        snapshot = writer.replace_all(sources)
+    finally:
+        writer.close()
+    return snapshot.count("item"), snapshot.count("clip")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["rebuild"]:
+    if argv[:1] == ["migrate"]:
+        parser = argparse.ArgumentParser(prog="python -m service migrate",
+                                         description="Copy the gallery of one backend into the other.")
+        _common(parser)
+        parser.add_argument("--from", dest="source", choices=("local", "milvus"), required=True)
+        parser.add_argument("--to", dest="target", choices=("local", "milvus"), required=True)
+        args = parser.parse_args(argv[1:])
+    elif argv[:1] == ["rebuild"]:
         parser = argparse.ArgumentParser(prog="python -m service rebuild", description="Rebuild the gallery.")
         _common(parser)
         parser.add_argument("--root", type=Path, required=True, help="dataset root in the contest layout")
@@ -91,13 +134,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--root", dest="roots", type=Path, action="append",
                             help="a data root for path requests (repeatable; settings: roots)")
         args = parser.parse_args(argv)
-    overrides = {key: value for key, value in vars(args).items() if key not in ("config", "root")}
+    overrides = {key: value for key, value in vars(args).items()
+                 if key not in ("config", "root", "source", "target")}
     try:
         settings = load_settings(args.config, **overrides)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    if argv[:1] == ["migrate"]:
+        from service.gallery import GalleryError
+
+        try:
+            items, clips = migrate(settings, args.source, args.target)
+        except GalleryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"migrated {items} items, {clips} clips from {args.source} to {args.target}")
+        return 0
     if argv[:1] == ["rebuild"]:
         try:
             items, clips, skipped = asyncio.run(rebuild(settings, args.root))

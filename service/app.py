@@ -33,7 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.batcher import Overloaded
 from service.engine import Engine
 from service.errors import ApiError, ErrorBody, error_response, install_handlers
-from service.gallery import Entry, GalleryError, GalleryStore, Kind, Snapshot, SourceBoxes
+from service.gallery import (Entry, Gallery, GalleryError, GalleryReadOnly, GalleryUnavailable, Kind, Snapshot,
+                             SourceBoxes, open_gallery)
 from service.logs import ACCESS, ensure_access_log
 from service.metrics import CONTENT_TYPE, Metrics
 from service.paths import MAX_PATH_CHARS, media_files, relative_to_roots, resolve_request_path
@@ -51,7 +52,8 @@ LOGGED_CHARS = 200
 
 _WHY = {400: "a body that cannot be parsed (not JSON or not UTF-8, a broken multipart form)",
         401: "the API key header is missing", 403: "a wrong API key, or a path outside the data roots",
-        404: "no such path or gallery entry", 413: "request body or its decoded pixels over the limits",
+        404: "no such path or gallery entry", 409: "a gallery change sent to a replica that does not write it",
+        413: "request body or its decoded pixels over the limits",
         415: "neither JPEG/PNG shop images nor an MP4 clip", 422: "invalid request, or a file that cannot be used",
         503: "not ready, or busy (count, expected wait or pixels in flight over their limits): see Retry-After"}
 
@@ -141,9 +143,10 @@ class Stats(BaseModel):
     clips: int
     item_boxes: int
     clip_boxes: int
-    segments: int
+    segments: int = Field(description="segment files of the local backend (0 for milvus)")
     dim: int
-    data_dir: str = Field(description="the gallery folder's name")
+    data_dir: str = Field(description="the gallery folder's name (local) or collection prefix (milvus)")
+    backend: Literal["local", "milvus"]
     models: dict[str, Any]
 
 
@@ -170,15 +173,14 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.engine: Engine | None = None
-        self.store: GalleryStore | None = None
+        self.store: Gallery | None = None
         self.problem: str | None = "starting"
         self.voter = ThreadPoolExecutor(1, thread_name_prefix="gallery-votes")
 
     def start(self) -> None:
         self.engine = Engine(self.settings, self.metrics)
         try:
-            self.store = GalleryStore(self.settings.data_dir, self.engine.dim, self.engine.models,
-                                      str(self.engine.device))
+            self.store = open_gallery(self.settings, self.engine.dim, self.engine.models, str(self.engine.device))
             self.store.on_change = self._precompute_votes
             self._precompute_votes(self.store.snapshot)
             self.problem = None
@@ -232,7 +234,7 @@ class Service:
         if self.store is not None:
             self.store.close()
 
-    def ready(self) -> tuple[Engine, GalleryStore]:
+    def ready(self) -> tuple[Engine, Gallery]:
         if self.problem is not None or self.engine is None or self.store is None:
             raise ApiError(503, "not_ready", self.problem or "starting", {"Retry-After": "5"})
         return self.engine, self.store
@@ -281,7 +283,7 @@ async def _match(service: Service, kind: Kind, source_id: str, files: list[Path]
     started = time.perf_counter()
     with engine.admission.slot():
         query = await _embed(engine, kind, source_id, files, origin, strict)
-        snapshot = store.snapshot
+        snapshot = await run_in_threadpool(store.current)  # a shared gallery: the newest generation
         answer = await run_in_threadpool(engine.match, query, snapshot)
     info = QueryInfo(kind=kind, id=source_id, pictures=query.pictures, boxes=len(query.boxes),
                      skipped=query.skipped)
@@ -377,7 +379,7 @@ def _router(settings: Settings) -> APIRouter:
     replaced = {200: {"model": AddResponse, "description": "an entry with this kind and id was replaced"}}
 
     @router.post("/v1/gallery", response_model=AddResponse, status_code=201, tags=["gallery"],
-                 responses={**replaced, **_errors(keyed, 400, 403, 404, 413, 415, 422, 503)})
+                 responses={**replaced, **_errors(keyed, 400, 403, 404, 409, 413, 415, 422, 503)})
     async def add_path(body: FolderRequest, request: Request) -> JSONResponse:
         """Index an item folder or a clip found at a path inside the data roots."""
         service = _service(request)
@@ -385,7 +387,7 @@ def _router(settings: Settings) -> APIRouter:
         return await _add(service, kind, source_id, files, str(path), strict=False)
 
     @router.post("/v1/gallery/upload", response_model=AddResponse, status_code=201, tags=["gallery"],
-                 responses={**replaced, **_errors(keyed, 400, 413, 415, 422, 503)})
+                 responses={**replaced, **_errors(keyed, 400, 409, 413, 415, 422, 503)})
     async def add_upload(request: Request, files: UploadFiles, id: UploadId = None) -> JSONResponse:
         """Index uploaded shop images (``id`` required) or one clip (``id`` defaults to the file stem)."""
         service = _service(request)
@@ -402,7 +404,8 @@ def _router(settings: Settings) -> APIRouter:
         """Indexed entries, ordered by kind and id."""
         service = _service(request)
         _, store = service.ready()
-        entries = sorted(store.snapshot.entries.values(), key=lambda e: (e.kind, e.source_id))
+        snapshot = await run_in_threadpool(store.current)
+        entries = sorted(snapshot.entries.values(), key=lambda e: (e.kind, e.source_id))
         if kind is not None:
             entries = [e for e in entries if e.kind == KIND_OF_PATH[kind]]
         page = [service.shown_entry(e) for e in entries[offset:offset + limit]]
@@ -411,24 +414,25 @@ def _router(settings: Settings) -> APIRouter:
     @router.get("/v1/gallery/stats", response_model=Stats, tags=["gallery"], responses=_errors(keyed, 503))
     async def stats(request: Request) -> Stats:
         engine, store = _service(request).ready()
-        snap = store.snapshot
+        snap = await run_in_threadpool(store.current)
+        where = store.describe()
         return Stats(generation=snap.generation, items=snap.count("item"), clips=snap.count("clip"),
                      item_boxes=len(snap.sides["item"]), clip_boxes=len(snap.sides["clip"]),
-                     segments=len(store.segments), dim=snap.dim,
-                     data_dir=store.data_dir.resolve().name, models=engine.models)
+                     segments=where["segments"], dim=snap.dim, data_dir=where["location"],
+                     backend=where["backend"], models=engine.models)
 
     @router.get("/v1/gallery/{kind}/{source_id}", response_model=EntryOut, tags=["gallery"],
                 responses=_errors(keyed, 404, 422, 503))
     async def get_entry(request: Request, kind: EntryKind, source_id: EntryId) -> EntryOut:
         service = _service(request)
         _, store = service.ready()
-        entry = store.snapshot.entries.get((KIND_OF_PATH[kind], source_id))
+        entry = (await run_in_threadpool(store.current)).entries.get((KIND_OF_PATH[kind], source_id))
         if entry is None:
             raise ApiError(404, "not_found", f"no {KIND_OF_PATH[kind]} {source_id!r} in the gallery")
         return service.shown_entry(entry)
 
     @router.delete("/v1/gallery/{kind}/{source_id}", response_model=EntryOut, tags=["gallery"],
-                   responses=_errors(keyed, 404, 422, 503))
+                   responses=_errors(keyed, 404, 409, 422, 503))
     async def delete_entry(request: Request, kind: EntryKind, source_id: EntryId) -> EntryOut:
         service = _service(request)
         _, store = service.ready()
@@ -552,6 +556,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.error_code = exc.code
         retry_after = max(settings.batching.retry_after_s, math.ceil(exc.retry_after or 0))
         return error_response(503, exc.code, f"server busy: {exc}; retry later", {"Retry-After": str(retry_after)})
+
+    @app.exception_handler(GalleryUnavailable)
+    async def _gallery_unavailable(request: Request, exc: GalleryUnavailable) -> JSONResponse:
+        request.state.error_code = "gallery_unavailable"
+        return error_response(503, "gallery_unavailable", str(exc), {"Retry-After": "5"})
+
+    @app.exception_handler(GalleryReadOnly)
+    async def _read_only(request: Request, exc: GalleryReadOnly) -> JSONResponse:
+        request.state.error_code = "read_only_replica"
+        return error_response(409, "read_only_replica", str(exc))
 
     app.include_router(_health_router())
     app.include_router(_router(settings))

@@ -75,6 +75,69 @@ class Batching(_Section):
     """Threads decoding images and clips, off the event loop."""
 
 
+MILVUS_INDEXES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "FLAT": ({}, {}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 32}),
+    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 32}),
+}
+"""Milvus index types the gallery accepts, with default build and search parameters (inner product on unit
+vectors). ``bench/service_match.py --backend milvus`` measures their recall against exact search."""
+
+
+class GallerySettings(_Section):
+    """Where the gallery lives: ``local`` (``data_dir``, one process) or ``milvus`` (shared by replicas).
+
+    Credentials (``user``/``password`` or ``token``) are secrets: set them in the environment
+    (``SHOPMATCH_GALLERY__PASSWORD``), never in a file under version control; they are never logged.
+    """
+
+    backend: Literal["local", "milvus"] = "local"
+    uri: str = "http://127.0.0.1:19530"
+    """Milvus proxy address (``http://host:port`` or ``https://...``)."""
+    collection: str = Field("shopmatch", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+    """Prefix of the gallery's Milvus collections (``<collection>_boxes``, ``_entries``, ``_log``): one prefix
+    per gallery."""
+    db_name: str = ""
+    user: str = ""
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    index: Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"] = "HNSW"
+    """Milvus index of the box vectors, used by ``search``; the voting itself is exact (see service.gallery)."""
+    index_params: dict[str, Any] = {}
+    """Build parameters over the index type's defaults (HNSW: M 16, efConstruction 200; IVF: nlist 1024)."""
+    search_params: dict[str, Any] = {}
+    """Search parameters over the defaults (HNSW: ef 128; IVF: nprobe 32)."""
+    consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    """How fresh a replica's view must be: Strong checks the shared generation on every request, so a read
+    after a write through any replica answers from the written state; Bounded may answer from a generation a
+    few seconds old (Milvus's graceful time), never from a mix of two."""
+    timeout_s: float = Field(30.0, gt=0)
+    """Longest wait for one Milvus call; past it the request answers 503."""
+    writer: bool = True
+    """Whether this replica may change the gallery. Exactly one replica per gallery writes (the others answer
+    gallery changes with 409): Milvus has no transaction that could order two writers' commits."""
+
+    @model_validator(mode="after")
+    def _known_params(self) -> GallerySettings:
+        if not self.uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+            raise ValueError(f"gallery.uri must start with http://, https://, tcp:// or grpc://, not "
+                             f"{self.uri.split('://')[0]!r}")
+        if self.user and self.token is not None:
+            raise ValueError("gallery: give either user and password or a token, not both")
+        return self
+
+    def milvus_index(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Build and search parameters: the index type's defaults, then this section's overrides."""
+        build, search = MILVUS_INDEXES[self.index]
+        return {**build, **self.index_params}, {**search, **self.search_params}
+
+    def shown_uri(self) -> str:
+        """The URI as messages may show it: without any ``user:password@`` part."""
+        scheme, _, rest = self.uri.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
 class Settings(BaseSettings):
     """Everything the server needs: where data is, which models, limits, and security."""
 
@@ -82,7 +145,9 @@ class Settings(BaseSettings):
                                       frozen=True)
 
     data_dir: Path = Path("service_data")
-    """Persistent gallery: ``gallery.sqlite`` and the FAISS segment files."""
+    """Persistent gallery of the local backend: ``gallery.sqlite`` and the FAISS segment files; with any backend,
+    where uploads are staged."""
+    gallery: GallerySettings = GallerySettings()
     roots: list[Path] = []
     """Folders that path-based requests may read from; every other path is refused (403)."""
     detector: ModelSpec = ModelSpec(config="seed_vovnet99")

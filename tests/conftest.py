@@ -44,3 +44,18 @@ def free_port() -> int:
     from support import free_loopback_port
 
     return free_loopback_port()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real Milvus standalone (PyPI ``milvus``) on 127.0.0.1 for the whole session; tests use their own
+    collections. Skips where the package is absent, except in CI (``CI`` set), which must run these tests."""
+    from service.gallery.milvus_server import LocalMilvus, server_command
+
+    if server_command() is None:
+        if os.environ.get("CI"):
+            pytest.fail("milvus-server is not installed (PyPI package milvus, pinned in requirements.txt)")
+        pytest.skip("milvus-server is not installed (PyPI package milvus, pinned in requirements.txt)")
+    server = LocalMilvus(tmp_path_factory.mktemp("milvus"), time_tick_ms=50).start()
+    yield server
+    server.stop()

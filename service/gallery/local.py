@@ -1,4 +1,4 @@
-"""The persistent gallery: box vectors in append-only FAISS segment files, their metadata in SQLite.
+"""The local gallery backend (the default): box vectors in append-only FAISS segment files, their metadata in SQLite.
 
 Layout of the data directory::
 
@@ -22,25 +22,20 @@ in-memory ``Snapshot`` that is swapped after each commit.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
-from metric_sub.index import GalleryIndex, IndexConfig, unit_rows
-from metric_sub.vote import BoxTable
+from service.gallery.model import (KINDS, Entry, GalleryError, Kind, Side, Snapshot, SourceBoxes, change_sides,
+                                   empty_snapshot, search_side, side_of, sources_of, table_of)
 from service.segments import Segment, next_segments, plan_tail, read_segments, write_segment
-
-Kind = Literal["item", "clip"]
-KINDS: tuple[Kind, ...] = ("item", "clip")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,91 +50,13 @@ CREATE INDEX IF NOT EXISTS boxes_source ON boxes (kind, source_id);
 """
 
 
-class GalleryError(Exception):
-    """The data directory cannot be used as it is (built with other models, or damaged from outside)."""
-
-
-@dataclass(frozen=True)
-class SourceBoxes:
-    """An item or clip after detection and embedding: one vector per detected box.
-
-    ``names`` are shop image names without extension (empty for clips),
-    ``frames`` frame indices (-1 for images); ``pictures`` counts the images
-    or frames looked at, ``skipped`` the files that could not be read.
-    """
-
-    kind: Kind
-    source_id: str
-    origin: str
-    vectors: np.ndarray
-    names: list[str]
-    frames: list[int]
-    boxes: list[tuple[int, int, int, int]]
-    scores: list[float]
-    groups: list[int]
-    pictures: int
-    skipped: list[str] = field(default_factory=list)
-
-    def table(self) -> BoxTable:
-        return _table([self.source_id] * len(self.boxes), self.scores, self.frames, self.boxes, self.names,
-                      self.vectors)
-
-
-@dataclass(frozen=True)
-class Entry:
-    kind: Kind
-    source_id: str
-    origin: str
-    pictures: int
-    boxes: int
-    added_at: float
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "id": self.source_id, "origin": self.origin, "pictures": self.pictures,
-                "boxes": self.boxes, "added_at": self.added_at}
-
-
-@dataclass(frozen=True)
-class Side:
-    """One kind's boxes: the table the voting reads and an index whose ids are table rows."""
-
-    table: BoxTable
-    index: GalleryIndex
-    box_ids: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.box_ids)
-
-
-@dataclass
-class Snapshot:
-    """The gallery as of one generation; never changed, replaced whole after a commit.
-
-    ``cache`` holds values derived from this generation alone (the voting of
-    the indexed entries against each other), filled by the matcher on first use.
-    """
-
-    generation: int
-    dim: int
-    entries: dict[tuple[str, str], Entry]
-    sides: dict[str, Side]
-    cache: dict = field(default_factory=dict)
-    cache_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, kind: Kind) -> int:
-        return sum(1 for k, _ in self.entries if k == kind)
-
-
-def _table(sources: Iterable[str], scores: Iterable[float], frames: Iterable[int],
-           boxes: Iterable[Iterable[int]], names: Iterable[str], vectors: np.ndarray) -> BoxTable:
-    box_array = np.asarray([list(b) for b in boxes], np.int64).reshape(-1, 4)
-    return BoxTable(np.asarray(list(sources), dtype=object).astype(str), np.asarray(list(scores), np.float64),
-                    np.asarray(list(frames), np.int64), box_array, np.asarray(list(names), dtype=object).astype(str),
-                    vectors)
-
-
 class GalleryStore:
-    """Reads, changes and recovers the gallery in ``data_dir``; changes are serialised by a lock."""
+    """Reads, changes and recovers the gallery in ``data_dir``; changes are serialised by a lock.
+
+    One process owns the folder: ``current()`` is the last committed snapshot, which only this process changes.
+    """
+
+    backend = "local"
 
     def __init__(self, data_dir: Path | str, dim: int, models: dict, device: str = "cpu",
                  fresh: bool = False) -> None:
@@ -168,14 +85,49 @@ class GalleryStore:
     def close(self) -> None:
         self._db.close()
 
+    def current(self) -> Snapshot:
+        """The newest committed generation: this process made every change, so the one it holds."""
+        return self.snapshot
+
+    def search(self, kind: Kind, vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Exact nearest boxes of one kind: squared L2 distances and box ids, ``(len(vectors), k)`` each."""
+        return search_side(self.snapshot.sides[kind], vectors, k)
+
+    def export(self) -> Iterator[SourceBoxes]:
+        """Every entry as the ``SourceBoxes`` that would add it again (for ``python -m service migrate``)."""
+        snapshot = self.snapshot
+        groups = dict(self._db.execute("SELECT id, grp FROM boxes"))
+        return sources_of(snapshot, groups)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "location": self.data_dir.resolve().name, "segments": len(self.segments)}
+
+    @staticmethod
+    def stored_identity(data_dir: Path | str) -> tuple[int, dict] | None:
+        """The vector dimension and models a gallery folder was built with; ``None`` when it holds none."""
+        path = Path(data_dir) / "gallery.sqlite"
+        if not path.is_file():
+            return None
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+        finally:
+            db.close()
+        if "models" not in meta or "segments" not in meta:
+            return None
+        segments = [Segment(**s) for s in json.loads(meta["segments"])]
+        if not segments:
+            return None
+        import faiss
+
+        return faiss.read_index(str(Path(data_dir) / segments[0].file)).d, json.loads(meta["models"])
+
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def _empty(self) -> Snapshot:
-        empty = GalleryIndex(self.dim, IndexConfig(), self.device)
-        side = Side(_table([], [], [], [], [], empty.vectors), empty, np.zeros(0, np.int64))
-        return Snapshot(int(self._meta("generation") or 0), self.dim, {}, {kind: side for kind in KINDS})
+        return empty_snapshot(int(self._meta("generation") or 0), self.dim, self.device)
 
     def _stored_segments(self) -> list[Segment]:
         """The committed segment list; a gallery written as one ``index_file`` reads as its only segment."""
@@ -229,32 +181,11 @@ class GalleryStore:
             rows = self._db.execute("SELECT id, source_id, name, frame, x1, y1, x2, y2, score FROM boxes "
                                     "WHERE kind = ? ORDER BY id", (kind,)).fetchall()
             box_ids = np.asarray([r[0] for r in rows], np.int64)
-            index = GalleryIndex(self.dim, IndexConfig(), self.device)
-            if len(rows):
-                index.add(vectors[[order[int(i)] for i in box_ids]], np.arange(len(rows), dtype=np.int64),
-                          unit=True)  # stored from an index: unit-norm already
-            # The index's ids are table rows, so its unit vectors serve the table too (no second copy).
-            table = _table((r[1] for r in rows), (r[8] for r in rows), (r[3] for r in rows),
-                           (r[4:8] for r in rows), (r[2] for r in rows), index.vectors)
-            sides[kind] = Side(table, index, box_ids)
+            stored = vectors[[order[int(i)] for i in box_ids]] if len(rows) else np.zeros((0, self.dim), np.float32)
+            table = table_of((r[1] for r in rows), (r[8] for r in rows), (r[3] for r in rows),
+                             (r[4:8] for r in rows), (r[2] for r in rows), stored)  # stored unit-norm
+            sides[kind] = side_of(table, box_ids, self.dim, self.device)
         return Snapshot(generation, self.dim, entries, sides)
-
-    def _next_side(self, side: Side, keep: np.ndarray, added: list[SourceBoxes], ids: list[np.ndarray]) -> Side:
-        """``side`` without the dropped rows, the added entries' boxes (with their new ``ids``) after them.
-
-        The same side ``_snapshot`` reads back from the committed files (tested),
-        built from the previous snapshot in memory: reading every box back
-        from SQLite cost most of a change's time on large galleries.
-        """
-        kept = side.table if keep.all() else side.table.take(keep)  # tables are immutable: share when whole
-        fresh = [dataclasses.replace(t, vectors=unit_rows(t.vectors)) for t in (s.table() for s in added)]
-        joined = BoxTable.join([kept, *fresh])
-        box_ids = np.concatenate([side.box_ids[keep], *ids])
-        index = GalleryIndex(self.dim, IndexConfig(), self.device)
-        if len(box_ids):  # every row unit-norm now, and ``joined`` a fresh array the index may keep
-            index.add(joined.vectors, np.arange(len(box_ids), dtype=np.int64), unit=True)
-        # The index's ids are table rows, so its unit vectors serve the table too (no second copy).
-        return Side(dataclasses.replace(joined, vectors=index.vectors), index, box_ids)
 
     def put(self, sources: list[SourceBoxes]) -> Snapshot:
         """Add entries, replacing any with the same kind and id, in one atomic change."""
@@ -285,19 +216,10 @@ class GalleryStore:
     def _change(self, removed: set[tuple[str, str]] | None, added: list[SourceBoxes]) -> Snapshot:
         """One atomic change; the caller holds ``_lock``."""
         old = self.snapshot
-        keeps = {}
-        for kind in KINDS:
-            gone = [s for k, s in removed or () if k == kind]
-            source = old.sides[kind].table.source
-            keeps[kind] = np.zeros(len(source), bool) if removed is None else ~np.isin(source, gone)
         next_id = int(self._meta("next_id") or 0)
         new_ids = np.arange(next_id, next_id + sum(len(s.boxes) for s in added), dtype=np.int64)
         next_id += len(new_ids)
-        ids_of = np.split(new_ids, np.cumsum([len(s.boxes) for s in added])[:-1]) if added else []
-        sides = {kind: self._next_side(old.sides[kind], keeps[kind],
-                                       [s for s in added if s.kind == kind],
-                                       [i for s, i in zip(added, ids_of) if s.kind == kind])
-                 for kind in KINDS}
+        sides = change_sides(old, removed, added, new_ids, self.device)
         generation = old.generation + 1
         # replace_all starts from no segments: every old vector dies
         segments = self._next_segments(generation, sides, new_ids, [] if removed is None else self.segments)
