@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dataset.config import StrictModel, load_config
+from dataset.config import ConfigRegistry, StrictModel
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 SEED_FRAMES = tuple(range(80, 400, 20))
@@ -161,17 +161,9 @@ class DetectorConfig(StrictModel):
     infer: InferConfig = InferConfig()
 
 
-def config_path(name_or_path: str | Path) -> Path:
-    """A config file path, or the name of a shipped config (``tiny`` -> ``bbox_sub/config/tiny.yaml``)."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    return CONFIG_DIR / f"{name_or_path}.yaml"
+DETECTOR_CONFIGS = ConfigRegistry(kind="detector", model=DetectorConfig, folder=CONFIG_DIR)
+"""The detector configs that ship in ``bbox_sub/config``, and how a name or a path becomes one."""
 
 
 def load_detector_config(name_or_path: str | Path, overrides: list[str] | None = None) -> DetectorConfig:
-    return load_config(DetectorConfig, config_path(name_or_path), overrides)
-
-
-def shipped_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    return DETECTOR_CONFIGS.load(name_or_path, overrides)

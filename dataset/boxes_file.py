@@ -29,16 +29,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import Field, StrictInt, ValidationError, model_validator
 
 from dataset.boxes import ASPECT_TEMPLATES
+from dataset.config import StrictModel
 
 FORMAT = "bbox_sub.boxes"
 VERSION = 1
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Record(StrictModel):
+    pass
 
 
 class _Box(_Record):

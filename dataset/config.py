@@ -8,7 +8,7 @@ unknown keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -89,3 +89,31 @@ def load_config(model: type[M], path: Path | str, overrides: list[str] | None = 
     if not isinstance(data, dict):
         raise ConfigError(path, "top level must be a mapping")
     return validate_config(model, apply_overrides(data, overrides, str(path)), str(path))
+
+
+class ConfigRegistry(Generic[M]):
+    """The bundled configs of one kind (``detector``, ``embedder``) and the one rule that turns a name or a path
+    into a config: an existing file is itself; otherwise a bare name, with or without ``.yaml``, is a bundled
+    config; anything else fails naming the bundled ones."""
+
+    def __init__(self, *, kind: str, model: type[M], folder: Path, others: tuple[str, ...] = ()) -> None:
+        self.kind, self.model, self.folder, self.others = kind, model, folder, others
+        """``others``: names of files in ``folder`` that are configs of another kind."""
+
+    def names(self) -> list[str]:
+        """The bundled configs, by name."""
+        return sorted(p.stem for p in self.folder.glob("*.yaml") if p.stem not in self.others)
+
+    def path(self, name_or_path: str | Path) -> Path:
+        path = Path(name_or_path)
+        if path.is_file():
+            return path
+        bundled = self.folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if path.parent == Path(".") and bundled.is_file() and bundled.stem not in self.others:
+            return bundled
+        raise ConfigError(name_or_path, f"no such {self.kind} config: not a file, nor a bundled name "
+                                        f"({', '.join(self.names())})")
+
+    def load(self, name_or_path: str | Path, overrides: list[str] | None = None) -> M:
+        """A config file or bundled name, read, overridden (``key.sub=value``) and validated."""
+        return load_config(self.model, self.path(name_or_path), overrides)

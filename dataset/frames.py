@@ -53,7 +53,6 @@ from dataset.prefetch import prefetch
 log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "opencv")
-BACKEND_ENV = "SHOPMATCH_VIDEO_BACKEND"
 
 
 @dataclass(frozen=True)
@@ -157,11 +156,8 @@ def _wanted(indices: Iterable[int]) -> list[int]:
 
 
 def resolve_backends(backend: str = "auto") -> list[str]:
-    """The backends to try in order: ``auto`` honours ``SHOPMATCH_VIDEO_BACKEND``, then prefers decord."""
-    if backend == "auto":
-        backend = os.environ.get(BACKEND_ENV, "").strip().lower() or "auto"
-        if backend not in (*BACKENDS, "auto"):
-            raise ValueError(f"{BACKEND_ENV}={backend!r}: expected one of {BACKENDS}")
+    """The backends to try in order: ``auto`` prefers decord and falls back to OpenCV. The entry points take the
+    choice as a setting (``--video-backend``, the service's ``video_backend``), not this layer."""
     if backend == "auto":
         return ["decord", "opencv"] if _decord() is not None else ["opencv"]
     if backend not in BACKENDS:

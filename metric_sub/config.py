@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dataset.config import StrictModel, load_config
+from dataset.config import ConfigRegistry, StrictModel
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 
@@ -146,14 +146,9 @@ class EmbedderConfig(StrictModel):
         return [(max(2, round(w * s / 2) * 2), max(2, round(h * s / 2) * 2)) for w, h in SM_SIZES]
 
 
-def resolve_config_path(name: str | Path) -> Path:
-    """A path as given, or a bare name (``lite0``, ``seed_b5a.yaml``) inside ``metric_sub/config``."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    bundled = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    return bundled if bundled.is_file() else path
+EMBEDDER_CONFIGS = ConfigRegistry(kind="embedder", model=EmbedderConfig, folder=CONFIG_DIR, others=("match",))
+"""The embedder configs that ship in ``metric_sub/config``, and how a name or a path becomes one."""
 
 
 def load_embedder_config(name: str | Path, overrides: list[str] | None = None) -> EmbedderConfig:
-    return load_config(EmbedderConfig, resolve_config_path(name), overrides)
+    return EMBEDDER_CONFIGS.load(name, overrides)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from bbox_sub.config import CONFIG_DIR as DETECTOR_CONFIGS, config_path
+from bbox_sub.config import DETECTOR_CONFIGS
 from dataset.errors import DataError
 from dataset.layout import check_root
-from metric_sub.config import CONFIG_DIR as EMBEDDER_CONFIGS, resolve_config_path
+from metric_sub.config import EMBEDDER_CONFIGS
 
 
 class InputError(DataError):
@@ -27,12 +27,7 @@ class InputError(DataError):
 
 def check_config_name(name: str | Path, kind: str) -> None:
     """A config is a YAML file or the name of a bundled one (``kind``: ``detector`` or ``embedder``)."""
-    resolved, folder = ((config_path(name), DETECTOR_CONFIGS) if kind == "detector"
-                        else (resolve_config_path(name), EMBEDDER_CONFIGS))
-    if resolved.is_file():
-        return
-    bundled = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-    raise InputError(name, f"no such {kind} config: not a file, nor a bundled name ({bundled})")
+    (DETECTOR_CONFIGS if kind == "detector" else EMBEDDER_CONFIGS).path(name)
 
 
 def check_readable_file(path: Path, what: str) -> None:

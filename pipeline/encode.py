@@ -72,8 +72,9 @@ class EncodeReport:
 
 
 def encode_sources(encoder: SourceEncoder, todo: Sequence[tuple[Source, str]], store: SourceStore, *,
-                   workers: int = 2, group_size: int = SOURCES_PER_GROUP, progress: bool = True) -> EncodeReport:
-    """Encode and store every ``(source, key)``."""
+                   workers: int = 2, group_size: int = SOURCES_PER_GROUP, video_backend: str = "auto",
+                   progress: bool = True) -> EncodeReport:
+    """Encode and store every ``(source, key)``; clips are decoded by ``video_backend``."""
     report = EncodeReport()
     seconds = report.seconds
     group: list[tuple[PreparedSource, str]] = []
@@ -89,7 +90,7 @@ def encode_sources(encoder: SourceEncoder, todo: Sequence[tuple[Source, str]], s
         release_freed_memory()  # crops of other sizes would otherwise pile up as holes in the heap
         seconds["write"] += time.perf_counter() - started
 
-    reads = prefetch(lambda job: read_source(job[0]), todo, workers, ahead=2 * max(workers, 1))
+    reads = prefetch(lambda job: read_source(job[0], backend=video_backend), todo, workers, ahead=2 * max(workers, 1))
     with tqdm(total=len(todo), desc="encode", unit="source", dynamic_ncols=True, disable=not progress) as bar:
         waited = time.perf_counter()
         for (source, key), read in reads:

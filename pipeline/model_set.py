@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from dataset.config import StrictModel
 from dataset.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,20 +27,16 @@ DEFAULT_MODEL_SET = REPO / "runs" / "demo" / "models.yaml"
 MAKE_DEFAULT = "python -m pipeline.demo --out runs/demo"
 
 
-class ModelRef(BaseModel):
+class ModelRef(StrictModel):
     """A model config (a bundled name or a YAML path) and its checkpoint (``None``: a Lite config's ImageNet
     weights; detectors always need one)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     config: str
     weights: Path | None = None
 
 
-class ModelSet(BaseModel):
+class ModelSet(StrictModel):
     """The models of one matcher, with paths resolved against the file they were read from."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     detector: ModelRef
     embedders: list[ModelRef] = Field(min_length=1)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -49,6 +50,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bbox_sub.config import DetectorConfig, load_detector_config
 from dataset.errors import DataError, Issue, IssueLog
+from dataset.frames import BACKENDS
 from dataset.jsonio import digest, write_json_atomic
 from dataset.layout import load_dataset
 from dataset.memory import MemoryMeter, StageMemory
@@ -228,7 +230,7 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
                  models: ModelSet | Path | str | None = None,
                  match_config: MatchConfig | Path | str | None = None, device: str = "auto",
                  ground_truth_boxes: bool = False, stop_after: str | None = None, report: bool = True,
-                 sources_per_group: int = SOURCES_PER_GROUP, progress: bool = True,
+                 sources_per_group: int = SOURCES_PER_GROUP, video_backend: str = "auto", progress: bool = True,
                  engine: Literal["local", "ray"] = "local", ray_address: str | None = None) -> PipelineResult:
     """Run (or resume) every stage on ``data_roots`` into ``out_dir``; see the module docstring.
 
@@ -275,7 +277,8 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
 
     with timed("encode") as stage:
         embeddings, meta = _encode_stage(data, out, detector, specs, torch_device, stages, stage,
-                                         group_size=sources_per_group, progress=progress, engine=engine,
+                                         group_size=sources_per_group, video_backend=video_backend,
+                                         progress=progress, engine=engine,
                                          ray_address=ray_address, asked_device=device)
         issues.extend(IssueLog([_issue(i) for i in meta["issues"]]))
         outcome.missing_frames = {m["video_id"]: {"count": len(m["frames"]), "frames": m["frames"],
@@ -353,22 +356,22 @@ def _collect_issues(outcome: PipelineResult, issues: IssueLog) -> None:
 
 def _encode_stage(data: Dataset, out: Path, detector: DetectorSpec | None, specs: list[EmbedderSpec],
                   device: Any, stages: StageLog, stage: _Stage, *, group_size: int, progress: bool,
-                  engine: str = "local", ray_address: str | None = None,
+                  video_backend: str = "auto", engine: str = "local", ray_address: str | None = None,
                   asked_device: str = "auto") -> tuple[Any, dict]:
     """The encode stage in this process, or with its sources encoded on a Ray cluster."""
     if engine != "ray":
         return _encode_sources(data, out, detector, specs, device, stages, stage, group_size=group_size,
-                               progress=progress)
+                               video_backend=video_backend, progress=progress)
     from pipeline.ray_engine import ray_cluster
 
     with ray_cluster(address=ray_address, device=asked_device) as cluster:
         return _encode_sources(data, out, detector, specs, device, stages, stage, group_size=group_size,
-                               progress=progress, cluster=cluster)
+                               video_backend=video_backend, progress=progress, cluster=cluster)
 
 
 def _encode_sources(data: Dataset, out: Path, detector: DetectorSpec | None, specs: list[EmbedderSpec],
                     device: Any, stages: StageLog, stage: _Stage, *, group_size: int, progress: bool,
-                    cluster: Any = None) -> tuple[Any, dict]:
+                    video_backend: str = "auto", cluster: Any = None) -> tuple[Any, dict]:
     """Every source's boxes and vectors (the sources already stored are read back, not recomputed)."""
     sources = annotated_sources(data) if detector is None else dataset_sources(data, detector[0].infer.frames)
     models = models_key(detector, specs, device) if cluster is None else cluster.models_key(detector, specs)
@@ -394,7 +397,8 @@ def _encode_sources(data: Dataset, out: Path, detector: DetectorSpec | None, spe
         # the first run that has something new to encode.
         encoder = load_encoder(detector=detector, embedders=specs, device=device)
         workers = detector[0].infer.decode_workers if detector else 2
-        report = encode_sources(encoder, todo, store, workers=workers, group_size=group_size, progress=progress)
+        report = encode_sources(encoder, todo, store, workers=workers, group_size=group_size,
+                                video_backend=video_backend, progress=progress)
         del encoder
     stage.record.steps = {name: round(value, 2) for name, value in report.seconds.items()}
     gathered = gather(sources, keys, store, report.failures)
@@ -451,6 +455,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a match config value, e.g. vote.cutoff=1.0")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:k]")
+    parser.add_argument("--video-backend", choices=("auto", *BACKENDS),
+                        default=os.environ.get("SHOPMATCH_VIDEO_BACKEND", "auto"),
+                        help="library decoding the clips (default $SHOPMATCH_VIDEO_BACKEND, else auto: decord, "
+                             "then OpenCV for a file decord cannot read)")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (a rerun resumes)")
     parser.add_argument("--sources-per-group", type=int, default=SOURCES_PER_GROUP, metavar="N",
                         help="items and clips embedded together and written when done: fewer hold less memory "
@@ -470,6 +478,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--embedders takes CFG WEIGHTS pairs")
     if args.sources_per_group < 1:
         parser.error("--sources-per-group must be at least 1")
+    if args.video_backend not in ("auto", *BACKENDS):  # a default from the environment skips argparse's check
+        parser.error(f"SHOPMATCH_VIDEO_BACKEND={args.video_backend!r}: expected auto or one of {BACKENDS}")
     return args
 
 
@@ -511,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   match_config=config, device=args.device,
                                   ground_truth_boxes=args.ground_truth_boxes, stop_after=args.stop_after,
                                   report=not args.no_report, sources_per_group=args.sources_per_group,
+                                  video_backend=args.video_backend,
                                   progress=not args.no_progress, engine=args.engine,
                                   ray_address=args.ray_address)
     except (DataError, ValueError) as exc:

@@ -1,12 +1,15 @@
-"""Command line: serve the API, or rebuild the gallery from a dataset root.
+"""Command line: serve the API, or rebuild the gallery from a batch run or a dataset root.
 
-    python -m service --data-dir DIR --config service.yaml [--host 127.0.0.1 --port 8000]
+    python -m service --data-dir DIR [--models models.yaml] [--config service.yaml] [--host 127.0.0.1 --port 8000]
+    python -m service rebuild --data-dir DIR --run RUN_OUT_DIR [--config service.yaml]
     python -m service rebuild --data-dir DIR --root DATASET_ROOT [--config service.yaml]
     python -m service migrate --from local --to milvus [--data-dir DIR] [--config service.yaml]
 
 Both read the same settings (file, ``SHOPMATCH_*`` environment, these
-flags). A rebuild embeds every item folder and clip of the root with the
-configured models and replaces the gallery in one atomic change; run it
+flags). ``rebuild --run`` takes the boxes and vectors a ``run.sh`` output
+folder holds (made with the same models; ``service.ingest``), ``rebuild
+--root`` embeds every item folder and clip of the root with the configured
+models; either replaces the gallery in one atomic change; run it
 while no server uses the data directory (a running server keeps serving its
 loaded generation until restarted). Both fill the backend the settings name
 (``gallery.backend``: ``local``, or ``milvus`` with ``gallery.uri``, whose
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from dataset.errors import DataError, IssueLog
 from dataset.layout import load_dataset
-from service.errors import ApiError
+from service.errors import Refused
 from service.logs import setup_logging
 from service.settings import Settings, load_settings
 
@@ -36,6 +39,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="gallery folder (settings: data_dir)")
     parser.add_argument("--config", type=Path, help="settings YAML (also $SHOPMATCH_CONFIG_FILE)")
     parser.add_argument("--device", help="auto, cpu or cuda[:k]")
+    parser.add_argument("--models", type=Path, help="model set (models.yaml; settings: models; default: the bundled "
+                                                    "one that python -m pipeline.demo writes)")
 
 
 async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple[int, int, list[str]]:
@@ -59,7 +64,7 @@ async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple
         async with gate:
             try:
                 return await coro
-            except ApiError as exc:
+            except Refused as exc:
                 skipped.append(f"{name}: {exc.message}")
                 return None
             finally:
@@ -77,6 +82,27 @@ async def rebuild(settings: Settings, root: Path, concurrency: int = 4) -> tuple
         snapshot = store.replace_all(sources)
     finally:
         engine.close()
+        store.close()
+    return snapshot.count("item"), snapshot.count("clip"), skipped
+
+
+def rebuild_from_run(settings: Settings, run_dir: Path) -> tuple[int, int, list[str]]:
+    """Make the gallery exactly what the batch run in ``run_dir`` encoded; returns counts and skips."""
+    from runtime.device import pick_device
+    from service.engine import model_identity
+    from service.gallery import open_gallery
+    from service.ingest import run_sources
+
+    models = settings.model_set()
+    identity = model_identity(models)
+    sources, skipped = run_sources(run_dir, identity, models)
+    dim = sum(len(s.vectors[0]) for s in sources[:1]) or None
+    if dim is None:
+        raise DataError(run_dir, "the run found no boxes: nothing to put in the gallery")
+    store = open_gallery(settings, dim, identity, str(pick_device(settings.device)), fresh=True)
+    try:
+        snapshot = store.replace_all(sources)
+    finally:
         store.close()
     return snapshot.count("item"), snapshot.count("clip"), skipped
 
@@ -124,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif argv[:1] == ["rebuild"]:
         parser = argparse.ArgumentParser(prog="python -m service rebuild", description="Rebuild the gallery.")
         _common(parser)
-        parser.add_argument("--root", type=Path, required=True, help="dataset root in the contest layout")
+        given = parser.add_mutually_exclusive_group(required=True)
+        given.add_argument("--run", type=Path, help="a run.sh output folder made with the service's models: "
+                                                    "its boxes and vectors fill the gallery, no model runs")
+        given.add_argument("--root", type=Path, help="dataset root in the contest layout, embedded anew")
         args = parser.parse_args(argv[1:])
     else:
         parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n\n")[0])
@@ -135,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="a data root for path requests (repeatable; settings: roots)")
         args = parser.parse_args(argv)
     overrides = {key: value for key, value in vars(args).items()
-                 if key not in ("config", "root", "source", "target")}
+                 if key not in ("config", "root", "run", "source", "target")}
     try:
         settings = load_settings(args.config, **overrides)
     except (FileNotFoundError, ValueError) as exc:
@@ -154,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if argv[:1] == ["rebuild"]:
         try:
-            items, clips, skipped = asyncio.run(rebuild(settings, args.root))
+            if args.run is not None:
+                items, clips, skipped = rebuild_from_run(settings, args.run)
+            else:
+                items, clips, skipped = asyncio.run(rebuild(settings, args.root))
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -162,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"skipped {line}")
         print(f"gallery {settings.data_dir}: {items} items, {clips} clips; {len(skipped)} skipped")
         return 0
+    try:
+        settings.model_set()  # no models to serve: one line saying which command makes them, not a traceback
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     import uvicorn
 
     from service.app import create_app

@@ -13,23 +13,19 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                YamlConfigSettingsSource)
+
+from dataset.config import StrictModel
+from pipeline.model_set import ModelRef, ModelSet, load_model_set
 
 ENV_PREFIX = "SHOPMATCH_"
 CONFIG_FILE_ENV = "SHOPMATCH_CONFIG_FILE"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(_Section):
-    """A model config (bundled name or YAML path) and its trained checkpoint."""
-
-    config: str
-    weights: Path | None = None
+class _Section(StrictModel):
+    """A settings section: unknown keys are errors (a misspelt key must not be silently ignored)."""
 
 
 class Limits(_Section):
@@ -150,13 +146,19 @@ class Settings(BaseSettings):
     gallery: GallerySettings = GallerySettings()
     roots: list[Path] = []
     """Folders that path-based requests may read from; every other path is refused (403)."""
-    detector: ModelSpec = ModelSpec(config="seed_vovnet99")
-    embedders: list[ModelSpec] = [ModelSpec(config="seed_b5a")]
+    models: Path | None = None
+    """A model set (``pipeline.model_set``: what ``python -m pipeline.demo`` writes as ``models.yaml``); its
+    detector, embedders and match config serve where the keys below do not name them. Default: the bundled one."""
+    detector: ModelRef | None = None
+    embedders: list[ModelRef] = []
     device: str = "auto"
+    video_backend: Literal["auto", "decord", "opencv"] = "auto"
+    """Which library decodes clips (``auto``: decord, then OpenCV for a file decord cannot read)."""
     limits: Limits = Limits()
     batching: Batching = Batching()
     match: Path | None = None
-    """The matcher's config (voting rules, search); default: the one run.sh uses (``metric_sub/config/match.yaml``)."""
+    """The matcher's config (voting rules, search); default: the model set's, else the bundled one
+    (``metric_sub/config/match.yaml``), as for run.sh."""
     match_set: list[str] = []
     """``key=value`` overrides of it, e.g. ``vote.cutoff=1.0``."""
     api_key: SecretStr | None = None
@@ -166,6 +168,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, lt=65536)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def model_set(self) -> ModelSet:
+        """The models to serve: ``detector`` and ``embedders`` where given, the rest from the model set (a
+        ``DataError`` in one line when it is needed and missing)."""
+        if self.detector is not None and self.detector.weights is not None and self.embedders:
+            return ModelSet(detector=self.detector, embedders=self.embedders, match=self.match)
+        models = load_model_set(self.models)
+        return ModelSet(detector=self.detector if self.detector and self.detector.weights else models.detector,
+                        embedders=self.embedders or models.embedders,
+                        match=self.match if self.match is not None else models.match)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -8,7 +8,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, batched_nms
 
 from dataset.boxes import ASPECT_TEMPLATES, aspect_group
-from bbox_sub.config import SEED_FRAMES, load_detector_config, shipped_configs
+from bbox_sub.config import DETECTOR_CONFIGS, SEED_FRAMES, load_detector_config
 from bbox_sub.model import ChannelsLastMLPHead, build_detector
 from bbox_sub.postprocess import dense_nms
 from dataset.config import ConfigError
@@ -21,7 +21,7 @@ def test_every_config_builds_offline(name: str) -> None:
     cfg = load_detector_config(name)
     model = build_detector(cfg.model)
     assert model.backbone.out_channels == cfg.model.fpn_channels
-    assert name in shipped_configs()
+    assert name in DETECTOR_CONFIGS.names()
 
 
 def test_seed_config_holds_the_seed_numbers() -> None:

@@ -88,3 +88,23 @@ def test_freed_tensor_memory_stays_in_the_process(monkeypatch: pytest.MonkeyPatc
     assert mallinfo2().hblkhd < size  # not a mapping of its own
     del tensor
     assert mallinfo2().fordblks >= size
+
+
+def test_both_stages_resolve_config_names_by_one_rule(tmp_path: Path) -> None:
+    """A file is itself; a bare name, with or without .yaml, is bundled; anything else names the bundled ones."""
+    from bbox_sub.config import DETECTOR_CONFIGS
+    from dataset.config import ConfigError
+    from metric_sub.config import EMBEDDER_CONFIGS
+
+    for registry, name in ((DETECTOR_CONFIGS, "tiny"), (EMBEDDER_CONFIGS, "lite0")):
+        assert registry.path(name) == registry.path(f"{name}.yaml") == registry.folder / f"{name}.yaml"
+        own = tmp_path / f"{name}.yaml"
+        own.write_text(registry.path(name).read_text())
+        assert registry.path(own) == own and registry.load(own) == registry.load(name)
+        with pytest.raises(ConfigError, match=f"no such {registry.kind} config.*{name}"):
+            registry.path(tmp_path / "elsewhere" / f"{name}.yaml")
+        with pytest.raises(ConfigError, match=f"no such {registry.kind} config"):
+            registry.path("nonexistent")
+    assert "match" not in EMBEDDER_CONFIGS.names()  # the matcher's config lives beside them, not among them
+    with pytest.raises(ConfigError):
+        EMBEDDER_CONFIGS.path("match")

@@ -9,7 +9,8 @@ import pytest
 
 from dataset import frames as frames_module
 from dataset.errors import IssueLog, VideoError
-from dataset.frames import BACKEND_ENV, ClipFrames, probe, read_frames, read_frames_many
+from dataset.frames import ClipFrames, probe, read_frames, read_frames_many
+from pipeline.source import Source, read_source
 from dataset.video_write import write_mp4
 
 NUM_FRAMES = 40
@@ -215,14 +216,24 @@ def test_decord_decodes_every_width_as_opencv_does(tmp_path: Path, width: int) -
         assert np.abs(a.astype(np.int16) - b).max() <= 2
 
 
-def test_environment_variable_selects_the_backend(clips: dict[str, Path],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(BACKEND_ENV, "opencv")
-    assert read_frames(clips["portrait"], [1]).backend == "opencv"
-    assert read_frames(clips["portrait"], [1], backend="decord").backend == "decord"
-    monkeypatch.setenv(BACKEND_ENV, "ffmpeg")
-    with pytest.raises(ValueError, match=BACKEND_ENV):
-        read_frames(clips["portrait"], [1])
+def test_the_backend_is_a_setting_of_the_entry_points(clips: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data layer reads no environment: the batch run takes ``--video-backend`` (its default from
+    ``SHOPMATCH_VIDEO_BACKEND``), the service its ``video_backend`` setting (the same variable)."""
+    from pipeline.run import _parse_args
+    from service.settings import Settings
+
+    monkeypatch.setenv("SHOPMATCH_VIDEO_BACKEND", "opencv")
+    assert read_frames(clips["portrait"], [1]).backend == "decord"
+    assert _parse_args(["root", "out"]).video_backend == "opencv"
+    assert _parse_args(["root", "out", "--video-backend", "decord"]).video_backend == "decord"
+    assert Settings().video_backend == "opencv"
+    source = Source("clip", "c", (str(clips["portrait"]),), (1,))
+    by_opencv = read_frames(clips["portrait"], [1], backend="opencv").frames[0]
+    assert np.array_equal(read_source(source, backend="opencv").pictures[0].pixels, by_opencv)
+    monkeypatch.setenv("SHOPMATCH_VIDEO_BACKEND", "ffmpeg")
+    with pytest.raises(SystemExit):
+        _parse_args(["root", "out"])
 
 
 def test_unknown_backend_is_rejected(clips: dict[str, Path]) -> None:

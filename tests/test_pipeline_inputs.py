@@ -76,7 +76,8 @@ def test_unwritable_output_folder_is_one_line_naming_it(layout: dict[str, Path],
     done = _run_sh(layout["root"], out, "--detector", "tiny", layout["weights"], "--embedders", "lite0", "-")
     assert "is a file" in _one_line_error(done, out, layout["blocker"])
     # An output folder that is itself a file is refused the same way.
-    done = _run_main(capsys, layout["root"], layout["blocker"], "--detector", "tiny", layout["weights"])
+    done = _run_main(capsys, layout["root"], layout["blocker"], "--detector", "tiny", layout["weights"],
+                     "--embedders", "lite0", "-")
     _one_line_error(done, layout["blocker"])
 
 
@@ -110,10 +111,10 @@ def test_missing_root_and_unknown_config_are_named(layout: dict[str, Path],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = layout["base"] / "out"
     absent = layout["base"] / "no_such_root"
-    done = _run_main(capsys, absent, out, "--detector", "tiny", layout["weights"])
+    done = _run_main(capsys, absent, out, "--detector", "tiny", layout["weights"], "--embedders", "lite0", "-")
     assert "dataset root not found" in _one_line_error(done, absent)
     assert not out.exists()
-    done = _run_main(capsys, layout["root"], out, "--detector", "tyni", layout["weights"])
+    done = _run_main(capsys, layout["root"], out, "--detector", "tyni", layout["weights"], "--embedders", "lite0", "-")
     assert "no such detector config" in _one_line_error(done, "tyni")
 
 
