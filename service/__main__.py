@@ -194,8 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"skipped {line}")
         print(f"gallery {settings.data_dir}: {items} items, {clips} clips; {len(skipped)} skipped")
         return 0
-    try:
-        settings.model_set()  # no models to serve: one line saying which command makes them, not a traceback
+    try:  # no models to serve, or a matcher config it cannot honour: one line, not a traceback
+        from service.engine import load_rules
+
+        load_rules(settings, settings.model_set())
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from dataset.jsonio import file_digest
 from metric_sub.config import load_embedder_config
 from metric_sub.embed import embed_crops, vector_settings
 from metric_sub.match import load_match_config
+from metric_sub.vote import VoteRules
 from pipeline.encode import load_encoder
 from pipeline.model_set import ModelSet
 from pipeline.source import EncodedSource, Source, SourcePictures, cut_crops, detected_boxes, read_source
@@ -77,6 +78,17 @@ def model_identity(models: ModelSet) -> dict[str, Any]:
                           for c, s in zip(embed_cfgs, models.embedders)]}
 
 
+def load_rules(settings: Settings, models: ModelSet) -> VoteRules:
+    """The voting rules of the matcher config ``run.sh`` would use. Its ``index`` section must be the exact
+    search: the gallery votes with exact distances so that its answers are the batch run's, and an approximate
+    kind would be silently ignored, so it is refused (a Milvus gallery's own search has ``gallery.index``)."""
+    config = load_match_config(models.match, settings.match_set)
+    if config.index.kind != "flat":
+        raise DataError(models.match or "match config", f"match.index.kind={config.index.kind!r}: the service votes "
+                        "with exact search over its gallery; use kind 'flat' (gallery.index sets Milvus's search)")
+    return config.vote
+
+
 class Engine:
     """The loaded models, their batchers and the matcher settings."""
 
@@ -93,7 +105,7 @@ class Engine:
         self.infer = det_cfg.infer
         self.runners = self.encoder.runners
         self.dim = self.encoder.dim
-        self.rules = load_match_config(models.match, settings.match_set).vote
+        self.rules = load_rules(settings, models)
         self.matcher = GalleryMatcher(self.rules)
         self.models = model_identity(models)
         batching = settings.batching

@@ -215,6 +215,15 @@ def test_the_service_without_models_refuses_in_one_line_naming_the_command(tmp_p
     assert done.returncode == 2 and len(lines) == 1 and "python -m pipeline.demo" in lines[0], done.stderr
 
 
+def test_an_approximate_match_index_is_refused_at_start_instead_of_ignored(setup: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "service", "--config", str(setup["config"]),
+                           "--data-dir", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**_env(), "SHOPMATCH_MATCH_SET": '["index.kind=ivf"]'})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "match.index.kind='ivf'" in lines[0], done.stderr
+
+
 def test_refusals_have_the_right_codes(server: Server, setup: dict[str, Path]) -> None:
     base = setup["base"]
     refused = {403: [_folder(server, "image/../image/000001"), _folder(server, "/etc"),
