@@ -12,3 +12,14 @@ Colour convention: every image or frame held in memory by this project is an
 OpenCV's BGR happens only at the file boundary (``dataset.images``,
 ``dataset.frames``, ``dataset.video_write``).
 """
+from dataset.exports import lazy_exports
+
+_EXPORTS = {
+    "Dataset": "records", "Item": "records", "ShopImage": "records", "Video": "records",
+    "load_dataset": "layout", "check_root": "layout",
+    "read_frames": "frames", "probe": "frames", "read_image": "images",
+    "DataError": "errors", "IssueLog": "errors",
+    "load_result": "score", "write_result": "score",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,8 +1,11 @@
 """The matcher above both stages: the one per-source path (read, detect, crop, embed), the batch run with its
-stage cache and report, and the demo."""
-from pipeline.model_set import ModelRef, ModelSet, load_model_set, write_model_set
-from pipeline.run import STAGES, PipelineResult, format_summary, run_pipeline
-from pipeline.source import EncodedSource, Source, SourceEncoder, read_source
+stage cache and report, the model set, and the demo."""
+from dataset.exports import lazy_exports
 
-__all__ = ["STAGES", "EncodedSource", "ModelRef", "ModelSet", "PipelineResult", "Source", "SourceEncoder",
-           "format_summary", "load_model_set", "read_source", "run_pipeline", "write_model_set"]
+_EXPORTS = {
+    "Source": "source", "SourceEncoder": "source", "EncodedSource": "source", "read_source": "source",
+    "ModelRef": "model_set", "ModelSet": "model_set", "load_model_set": "model_set", "write_model_set": "model_set",
+    "STAGES": "run", "PipelineResult": "run", "format_summary": "run", "run_pipeline": "run",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
