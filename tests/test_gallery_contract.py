@@ -39,6 +39,8 @@ first = store.snapshot.generation + 1
 for step in range(first, first + {changes}):
     change(store, step)
     print(store.snapshot.generation, flush=True)
+import time
+time.sleep(600)  # idle until killed: the kill must find the writer alive
 """
 
 
@@ -234,7 +236,7 @@ def test_votes_derived_change_by_change_equal_votes_from_scratch(backend: Backen
 def _kill_writer_trial(backend: Backend, folder: Path, trial: int) -> list[str]:
     """Start a writer process changing the gallery, SIGKILL it mid-change; the generations it printed."""
     script = WRITER.format(repo=str(REPO), tests=str(Path(__file__).parent), backend=backend.name,
-                           folder=str(folder), uri=backend.uri, collection=backend.collection, changes=400)
+                           folder=str(folder), uri=backend.uri, collection=backend.collection, changes=60)
     writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -301,7 +303,7 @@ def test_milvus_server_restart_and_kill_mid_write_keep_a_whole_generation(milvus
 
         script = WRITER.format(repo=str(REPO), tests=str(Path(__file__).parent), backend="milvus",
                                folder=str(tmp_path / "gallery"), uri=milvus_server.uri,
-                               collection=backend.collection, changes=400)
+                               collection=backend.collection, changes=60)
         writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO,
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
