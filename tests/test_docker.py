@@ -45,7 +45,7 @@ def test_dockerfile_copies_what_exists_and_runs_the_tested_scripts() -> None:
         for source in sources:
             assert (REPO / source).exists(), f"COPY source {source} is missing"
     assert "RUN docker/install.sh /opt/venv" in text
-    assert 'ENTRYPOINT ["/app/docker/submit.sh", "detect"]' in text
+    assert 'ENTRYPOINT ["/app/docker/submit.sh", "encode"]' in text
     assert 'ENTRYPOINT ["/app/docker/submit.sh", "match"]' in text
     assert 'ENTRYPOINT ["/app/docker/serve.sh"]' in text
     for script in ("install.sh", "submit.sh", "serve.sh"):
@@ -72,12 +72,15 @@ def _image_env(tiny: dict[str, Path], **extra: str) -> dict[str, str]:
 
 
 def test_submission_stages_write_result_json(tiny_setup: dict[str, Path], tmp_path: Path) -> None:
-    """bbox_sub's then metric_sub's entry point on a generated root, with the images' variables."""
+    """bbox_sub's then metric_sub's entry point on a generated root, with the images' variables and a model set."""
+    from pipeline.model_set import ModelRef, ModelSet, write_model_set
+
+    models = write_model_set(tmp_path / "models" / "models.yaml", ModelSet(
+        detector=ModelRef(config=str(tiny_setup["detector_config"]), weights=tiny_setup["detector_weights"]),
+        embedders=[ModelRef(config=str(tiny_setup["embedder_config"]), weights=tiny_setup["embedder_weights"])]))
     env = _image_env(tiny_setup, DATA_ROOT=str(tiny_setup["root"]), WORK_DIR=str(tmp_path / "myspace"),
-                     RESULT_PATH=str(tmp_path / "result.json"),
-                     DETECTOR=f"{tiny_setup['detector_config']} {tiny_setup['detector_weights']}",
-                     EMBEDDERS=f"{tiny_setup['embedder_config']} {tiny_setup['embedder_weights']}")
-    detect = subprocess.run([str(REPO / "docker" / "submit.sh"), "detect", "--device", "cpu"], env=env,
+                     RESULT_PATH=str(tmp_path / "result.json"), MODELS=str(models))
+    detect = subprocess.run([str(REPO / "docker" / "submit.sh"), "encode", "--device", "cpu"], env=env,
                             capture_output=True, text=True, timeout=600)
     assert detect.returncode == 0, detect.stdout[-2000:] + detect.stderr[-3000:]
     assert (tmp_path / "myspace" / "boxes.json").is_file()
