@@ -1,7 +1,6 @@
 """The gallery: index item folders and clips (by path or upload), list, count, look up and delete entries."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,7 +13,6 @@ from service.routes.deps import ServiceDep, key_security
 from service.schemas import (KIND_OF_PATH, AddResponse, EntryId, EntryKind, EntryList, EntryOut, FolderRequest,
                              Stats, UploadFiles, UploadId, refusals)
 from service.settings import Settings
-from service.uploads import stage, upload_dir
 
 
 def router(settings: Settings) -> APIRouter:
@@ -33,11 +31,7 @@ def router(settings: Settings) -> APIRouter:
                  responses={**replaced, **refusals(keyed, 400, 409, 413, 415, 422, 503)})
     async def add_upload(service: ServiceDep, files: UploadFiles, id: UploadId = None) -> JSONResponse:
         """Index uploaded shop images (``id`` required) or one clip (``id`` defaults to the file stem)."""
-        _, store = service.ready()
-        with upload_dir(store.uploads) as folder:
-            kind, paths = await stage(files, Path(folder))
-            source_id = sources.upload_id(id, kind, paths, required=True)
-            return await sources.add(service, kind, source_id, paths, "upload", strict=True)
+        return await sources.uploaded(service, files, id, id_required=True, then=sources.add)
 
     @routes.get("/v1/gallery", response_model=EntryList, responses=refusals(keyed, 422, 503))
     async def list_entries(service: ServiceDep, kind: EntryKind | None = None,

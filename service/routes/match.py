@@ -1,15 +1,12 @@
 """Matching: which item a clip sells, or where an item appears among the indexed clips; by path or upload."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter
 
 from service.routes import sources
 from service.routes.deps import ServiceDep, key_security
 from service.schemas import FolderRequest, MatchResponse, UploadFiles, UploadId, refusals
 from service.settings import Settings
-from service.uploads import stage, upload_dir
 
 
 def router(settings: Settings) -> APIRouter:
@@ -26,10 +23,6 @@ def router(settings: Settings) -> APIRouter:
     @routes.post("/v1/match", response_model=MatchResponse, responses=refusals(keyed, 400, 413, 415, 422, 503))
     async def match_upload(service: ServiceDep, files: UploadFiles, id: UploadId = None) -> MatchResponse:
         """The same as ``/v1/match/folder`` with uploaded files: one MP4 clip, or JPEG/PNG shop images."""
-        _, store = service.ready()
-        with upload_dir(store.uploads) as folder:
-            kind, paths = await stage(files, Path(folder))
-            source_id = sources.upload_id(id, kind, paths, required=False)
-            return await sources.match(service, kind, source_id, paths, "upload", strict=True)
+        return await sources.uploaded(service, files, id, id_required=False, then=sources.match)
 
     return routes

@@ -3,8 +3,11 @@ share."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+from fastapi import UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -14,6 +17,9 @@ from service.gallery import Kind, SourceBoxes
 from service.paths import media_files, resolve_request_path
 from service.schemas import AddResponse, FolderRequest, MatchResponse, QueryInfo
 from service.state import Service
+from service.uploads import stage, upload_dir
+
+T = TypeVar("T")
 
 
 async def embed(engine: Engine, kind: Kind, source_id: str, files: list[Path], origin: str,
@@ -32,6 +38,17 @@ def path_source(service: Service, body: FolderRequest) -> tuple[Kind, str, list[
     path = resolve_request_path(body.path, service.settings.roots)
     kind, files = media_files(path, service.settings.roots)
     return kind, body.id or _default_id(kind, files, path if path.is_dir() else None), files, path
+
+
+async def uploaded(service: Service, files: list[UploadFile], given_id: str | None, *, id_required: bool,
+                   then: Callable[..., Awaitable[T]]) -> T:
+    """Stage an upload in the gallery's upload folder and hand it to ``then`` (``match`` or ``add``), strict:
+    every uploaded file must be readable."""
+    _, store = service.ready()
+    with upload_dir(store.uploads) as folder:
+        kind, paths = await stage(files, Path(folder))
+        source_id = upload_id(given_id, kind, paths, required=id_required)
+        return await then(service, kind, source_id, paths, "upload", strict=True)
 
 
 def upload_id(given: str | None, kind: Kind, files: list[Path], required: bool) -> str:
