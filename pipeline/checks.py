@@ -13,11 +13,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from bbox_sub.config import DETECTOR_CONFIGS
 from dataset.errors import DataError
 from dataset.layout import check_root
+from runtime.device import parse_device
 from metric_sub.config import EMBEDDER_CONFIGS
 
 
@@ -60,11 +59,9 @@ def check_out_dir(out: Path) -> None:
 def check_device(name: str) -> None:
     """``auto``, ``cpu`` or ``cuda[:k]``, the latter only where CUDA is available."""
     try:
-        device = torch.device(name) if name != "auto" else None
-    except RuntimeError:
-        raise ValueError(f"--device {name}: expected auto, cpu or cuda[:k]") from None
-    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        parse_device(name)
+    except ValueError as exc:
+        raise ValueError(f"--device {name}: {str(exc).split(': ', 1)[1]}") from None
 
 
 def check_inputs(roots: Sequence[Path], out: Path, *, detector_weights: Path | None,

@@ -9,6 +9,20 @@ import torch
 from runtime.allocator import keep_freed_memory
 
 
+def parse_device(name: str = "auto") -> torch.device:
+    """The device ``name`` means here (``auto``: CUDA when available, else CPU); a malformed name, or CUDA where
+    there is none, raises ``ValueError`` saying so. Nothing is set up: see ``pick_device``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: expected auto, cpu or cuda[:k]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    return device
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` is CUDA when available, else CPU; an explicit name is honoured or fails clearly.
 
@@ -17,11 +31,7 @@ def pick_device(name: str = "auto") -> torch.device:
     the CPU steps of a small detector four- to tenfold. And it keeps freed
     memory in the process (``keep_freed_memory``).
     """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    device = parse_device(name)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
         keep_freed_memory()

@@ -62,8 +62,10 @@ def test_checkpoint_round_trip_and_device(tmp_path: Path) -> None:
     assert loaded["step"] == 3 and torch.equal(loaded["w"], state["w"])
     assert pick_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             pick_device("cuda")
+    with pytest.raises(ValueError, match="expected auto, cpu or cuda"):
+        pick_device("gpu0")
 
 
 class _MallInfo2(ctypes.Structure):
