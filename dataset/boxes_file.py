@@ -1,4 +1,4 @@
-"""The boxes file that ``bbox_sub.infer`` writes and the embedder stage reads, as validated models.
+"""The boxes file a batch run writes (``OUT/boxes.json``: the detector's boxes), as validated models.
 
 Layout (``format`` ``bbox_sub.boxes``, ``version`` 1)::
 
@@ -112,6 +112,6 @@ def validate_boxes(data: dict[str, Any], source: str = "boxes") -> BoxesFile:
 
 
 def load_boxes(path: Path | str) -> BoxesFile:
-    """Read and validate a boxes file written by ``bbox_sub.infer``."""
+    """Read and validate a boxes file (what ``python -m service rebuild --run`` reads)."""
     path = Path(path)
     return validate_boxes(json.loads(path.read_text(encoding="utf-8")), str(path))

@@ -11,11 +11,9 @@ import torch
 from bbox_sub.config import DetectorConfig, load_detector_config
 from bbox_sub.detect import Detections
 from bbox_sub.evaluate import coco_ap, score_detections
-from bbox_sub.infer import run_inference
 from bbox_sub.model import build_detector
 from dataset.boxes_file import BoxesSchemaError, load_boxes, validate_boxes
 from bbox_sub.train import train
-from dataset.errors import IssueLog
 from dataset.images import write_image
 from dataset.synth import SynthConfig, generate
 from dataset.video_write import write_mp4
@@ -115,28 +113,43 @@ def _weights(tmp_path: Path, cfg: DetectorConfig) -> Path:
     return save_checkpoint(tmp_path / "w.pth", {"model": build_detector(cfg.model).state_dict()})
 
 
-def test_inference_skips_corrupt_files_and_validates(tmp_path: Path) -> None:
+def test_encoding_skips_corrupt_files_and_writes_valid_boxes(tmp_path: Path) -> None:
+    """The detector through the per-source path (``python -m pipeline --stop-after encode``): an unreadable
+    clip is skipped, an unreadable shop image is skipped and its item keeps the others, and the boxes file
+    validates on read; a rerun recomputes nothing."""
+    from metric_sub.config import load_embedder_config
+    from metric_sub.model import build_embedder
+    from pipeline.run import run_pipeline
+
     root = write_box_root(tmp_path / "root", items=3, clips=2)
     (root / "video" / "000009.mp4").write_bytes(b"")
     (root / "image" / "000003" / "7.jpg").write_text("not an image", encoding="utf-8")
     cfg = load_detector_config("tiny", ["infer.image_score_thresh=0", "infer.video_score_thresh=0",
                                         "infer.frames=[0, 20, 40, 60]", "infer.image_batch=2"])
-    out = tmp_path / "out" / "boxes.json"
-    issues = IssueLog()
-    document = run_inference(cfg, _weights(tmp_path, cfg), [root], out, device="cpu", issues=issues)
-    parsed = load_boxes(out)
+    embedder = load_embedder_config("tiny", ["data.bucket_scale=0.2"])
+    torch.manual_seed(0)
+    embedder_weights = save_checkpoint(tmp_path / "e.pth", {"model": build_embedder(embedder).state_dict()})
+    out = tmp_path / "out"
+    detector_weights = _weights(tmp_path, cfg)
+
+    def encode():
+        return run_pipeline(root, out, detector=(cfg, detector_weights),
+                            embedders=[(embedder, embedder_weights)], device="cpu", stop_after="encode",
+                            progress=False)
+
+    result = encode()
+    parsed = load_boxes(out / "boxes.json")
     assert parsed.processed == {"images": 6, "videos": 2}
-    skipped = {Path(s.path).name for s in parsed.skipped}
-    assert skipped == {"000009.mp4", "7.jpg"}
+    assert {Path(s.path).name for s in parsed.skipped} == {"000009.mp4", "7.jpg"} == \
+        {Path(p).name for p in result.skipped}
     assert {b.frame for b in parsed.videos} == {0, 20, 40}  # frame 60 is past the end of the 50-frame clips
     assert {b.item_id for b in parsed.images} == {"000001", "000002", "000003"}
-    assert all(isinstance(v, int) for b in document["images"] for v in b["bbox"])
-
-    cache = out.with_name("boxes.json.cache.jsonl")
-    lines = cache.read_text().count("\n")
-    again = run_inference(cfg, tmp_path / "w.pth", [root], out, device="cpu")
-    assert cache.read_text().count("\n") == lines  # nothing recomputed
-    assert again["images"] == document["images"] and again["videos"] == document["videos"]
+    stored = sorted((out / "sources").glob("*.npz"))
+    stamps = [p.stat().st_mtime_ns for p in stored]
+    (out / "stages.json").unlink()  # not the stage cache: every source is found in the store
+    again = encode()
+    assert [p.stat().st_mtime_ns for p in stored] == stamps and again.stages["encode"].resumed_sources == 5
+    assert load_boxes(out / "boxes.json").images == parsed.images
 
 
 def test_schema_rejects_bad_boxes(tmp_path: Path) -> None:
