@@ -41,7 +41,7 @@ class BatchDetector:
     ``False`` for a model that goes on training.
     """
 
-    def __init__(self, model: Detector, device: torch.device, precision: Precision = "bf16",
+    def __init__(self, model: Detector, device: torch.device, *, precision: Precision = "bf16",
                  channels_last: bool = True, compile_backbone: bool = False, fuse: bool = True) -> None:
         self.device = device
         self.precision = precision

@@ -161,8 +161,8 @@ class Trainer:
             return None
         infer = self.cfg.infer
         self.model.eval()
-        detector = BatchDetector(self.model, self.device, self.precision, self.channels_last,
-                                 fuse=False)
+        detector = BatchDetector(self.model, self.device, precision=self.precision,
+                                 channels_last=self.channels_last, fuse=False)
         metrics = evaluate(detector, self.val_samples, (infer.image_short_side, infer.image_max_size),
                            (infer.video_short_side, infer.video_max_size))
         self.model.train()

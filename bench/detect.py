@@ -66,7 +66,7 @@ def calibrate_norms(model: nn.Module, run: Callable[[], object]) -> None:
 def untrained_detector(cfg: ModelConfig, frames: list[np.ndarray], device: torch.device) -> Detector:
     """Random weights with norm statistics calibrated on ``frames`` (in float32, before any folding)."""
     model = build_detector(cfg)
-    plain = BatchDetector(model, device, "fp32", channels_last=False, fuse=False)
+    plain = BatchDetector(model, device, precision="fp32", channels_last=False, fuse=False)
     calibrate_norms(model, lambda: plain(frames, 608, 4000))
     return model
 
@@ -95,7 +95,8 @@ def time_config(name: str, frames: list[np.ndarray], device: torch.device, preci
     """The full path; with ``backbone_only`` also backbone + FPN alone on the same prepared batch, so the
     table shows what box selection and the RoI head cost on top."""
     cfg = load_detector_config(name, overrides)
-    detector = BatchDetector(untrained_detector(cfg.model, frames, device), device, precision, channels_last=True)
+    detector = BatchDetector(untrained_detector(cfg.model, frames, device), device, precision=precision,
+                             channels_last=True)
     proposals = ProposalCount(detector.model.roi_heads)
 
     def run() -> None:

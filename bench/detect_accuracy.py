@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
         train_seconds = None if args.weights else round(time.monotonic() - began, 1)
         assert final is not None
         device = pick_device(args.device)
-        detector = BatchDetector(load_detector(cfg.model, final, device), device, cfg.infer.precision,
-                                 cfg.infer.channels_last)
+        detector = BatchDetector(load_detector(cfg.model, final, device), device, precision=cfg.infer.precision,
+                                 channels_last=cfg.infer.channels_last)
         issues = IssueLog()
         val_data = load_dataset(val_roots, issues)
         samples = image_samples(val_data) + frame_samples(val_data, work / "val_frames", issues)

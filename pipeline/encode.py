@@ -57,8 +57,8 @@ def load_encoder(*, detector: DetectorSpec | None, embedders: Sequence[EmbedderS
         return SourceEncoder(runners=runners)
     config, weights = detector
     settings = config.infer
-    batch = BatchDetector(load_detector(config.model, weights, device), device, settings.precision,
-                          settings.channels_last, settings.compile)
+    batch = BatchDetector(load_detector(config.model, weights, device), device, precision=settings.precision,
+                          channels_last=settings.channels_last, compile_backbone=settings.compile)
     return SourceEncoder(runners=runners, detector=batch, infer=settings)
 
 

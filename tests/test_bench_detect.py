@@ -28,7 +28,7 @@ def test_calibrated_norms_normalise_their_own_input() -> None:
 
 
 def _proposals(model: nn.Module) -> float:
-    detector = BatchDetector(model, CPU, "fp32")
+    detector = BatchDetector(model, CPU, precision="fp32")
     count = ProposalCount(detector.model.roi_heads)
     detector(noise_frames(1), 608, 4000)
     return count.per_picture

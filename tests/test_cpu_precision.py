@@ -67,7 +67,7 @@ def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, native: bool
     with torch.inference_mode(), autocast(CPU, "bf16"):
         out = conv(torch.rand(1, 3, 8, 8))
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
-    detector = BatchDetector(build_detector(load_detector_config("tiny").model), CPU, "bf16")
+    detector = BatchDetector(build_detector(load_detector_config("tiny").model), CPU, precision="bf16")
     assert detector.channels_last is native
     config = load_embedder_config("tiny", ["embed.dtype=bf16"])
     runner = ModelRunner(config, build_embedder(config), CPU)
@@ -76,8 +76,8 @@ def test_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, native: bool
 
 def test_bf16_detector_features_are_close_to_fp32(bf16_cpu: None) -> None:
     images = torch.rand(2, 3, 256, 448)
-    fp32 = BatchDetector(seeded_tiny_detector(), CPU, "fp32")
-    bf16 = BatchDetector(seeded_tiny_detector(), CPU, "bf16")
+    fp32 = BatchDetector(seeded_tiny_detector(), CPU, precision="fp32")
+    bf16 = BatchDetector(seeded_tiny_detector(), CPU, precision="bf16")
     assert bf16.channels_last and not fp32.channels_last
     with torch.inference_mode():
         exact = fp32.model.backbone(images)

@@ -33,8 +33,8 @@ def without_tf32():
 def test_backbone_features_agree() -> None:
     """Backbone + FPN in float32, batch norms folded on both sides."""
     images = torch.rand(2, 3, 256, 448)
-    cpu = BatchDetector(seeded_tiny_detector(), CPU, "fp32").model.backbone(images)
-    gpu = BatchDetector(seeded_tiny_detector(), CUDA, "fp32").model.backbone(images.cuda())
+    cpu = BatchDetector(seeded_tiny_detector(), CPU, precision="fp32").model.backbone(images)
+    gpu = BatchDetector(seeded_tiny_detector(), CUDA, precision="fp32").model.backbone(images.cuda())
     for level in cpu:
         scale = cpu[level].abs().max()
         assert (gpu[level].cpu() - cpu[level]).abs().max() <= 1e-3 * scale

@@ -168,8 +168,8 @@ def _matched(ours: np.ndarray, theirs: np.ndarray, tolerance: float) -> bool:
 
 def test_fused_detector_finds_the_unfused_boxes() -> None:
     """The whole CPU inference path (backbone, FPN and RPN head fused) against the same model unfused."""
-    fused = BatchDetector(seeded_tiny_detector(), CPU, "fp32")
-    plain = BatchDetector(seeded_tiny_detector(), CPU, "fp32", fuse=False)
+    fused = BatchDetector(seeded_tiny_detector(), CPU, precision="fp32")
+    plain = BatchDetector(seeded_tiny_detector(), CPU, precision="fp32", fuse=False)
     assert any(isinstance(m, ConvActivation) for m in fused.model.backbone.modules())
     assert any(isinstance(m, ConvActivation) for m in fused.model.rpn.head.modules())
     frames = [torch.randint(0, 256, (160, 96, 3), generator=torch.Generator().manual_seed(i),
