@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 PACKAGES = ("numpy", "opencv-python-headless", "decord2", "torch", "torchvision", "timm",
-            "faiss-cpu", "faiss-gpu", "imageio-ffmpeg")
+            "faiss-cpu", "faiss-gpu", "imageio-ffmpeg", "ray")
 """Distributions whose versions a result records when they are installed."""
 
 

@@ -1,7 +1,7 @@
 """End-to-end throughput and score of the pipeline: clips/s, time per stage, contest score, per configuration.
 
 ``python -m bench.e2e [--setups tiny light seed] [--data ROOT | --items 10] [--device auto]
-[--weights SETUP DETECTOR EMBEDDER[,EMBEDDER...]] [--keep DIR]``
+[--weights SETUP DETECTOR EMBEDDER[,EMBEDDER...]] [--keep DIR] [--engine ray [--ray-address ADDR]]``
 
 Setups: ``tiny`` (tiny detector + tiny embedder), ``demo`` (Lite0 detector +
 Lite0 embedder, what ``pipeline.demo`` trains), ``light`` (Lite2 detector +
@@ -16,6 +16,11 @@ process's peak so far). Results go to
 ``bench/results/e2e.json``; ``--keep DIR`` leaves each setup's stage outputs
 in ``DIR/run_SETUP`` (and a generated test root in ``DIR/data``), so that
 ``bench.match_rules`` can score other voting rules on the same run.
+
+``--engine ray`` runs every setup twice on the same data, embedded first and then with its encode stage on Ray
+(a local instance, or the cluster at ``--ray-address``), one row each, so the table shows what Ray costs or gains
+here; the Ray rows' per-step seconds are summed over its tasks and actors, and ``actors`` says how many encoded.
+Results go to ``bench/results/e2e_ray.json``.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ SETUPS = {
     "seed": ("seed_vovnet99", ["seed_b5a", "seed_b5b", "seed_b6", "seed_b7"]),
 }
 RESULT = Path(__file__).resolve().parent / "results" / "e2e.json"
+RAY_RESULT = RESULT.with_name("e2e_ray.json")
 
 
 def untrained_weights(folder: Path, detector: str, embedders: list[str]) -> tuple[Path, list[Path | None]]:
@@ -85,8 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embedder-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every embedder config (e.g. data.bucket_scale=0.5)")
     parser.add_argument("--keep", type=Path, help="keep the stage outputs here instead of a temporary folder")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: each setup embedded and then on Ray, side by side")
+    parser.add_argument("--ray-address", help="the Ray cluster to join (default: a local instance)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    out_file = args.out or (RAY_RESULT if args.engine == "ray" else RESULT)
+    engines = ["local", "ray"] if args.engine == "ray" else ["local"]
     device = pick_device(args.device)
     trained = {setup: (Path(det), [None if w == "-" else Path(w) for w in embs.split(",")])
                for setup, det, embs in args.weights}
@@ -101,27 +112,36 @@ def main(argv: list[str] | None = None) -> None:
         for setup in args.setups:
             detector, embedders = SETUPS[setup]
             weights = trained.get(setup) or untrained_weights(work / "weights", detector, embedders)
-            out = work / f"run_{setup}"
-            shutil.rmtree(out, ignore_errors=True)
             det_cfg = load_detector_config(detector, args.detector_set)
             emb_cfgs = [load_embedder_config(name, args.embedder_set) for name in embedders]
-            result = run_pipeline(data, out, detector=(det_cfg, weights[0]),
-                                  embedders=list(zip(emb_cfgs, weights[1])), device=str(device), report=False)
-            seconds = result.stage_seconds
-            total = seconds["encode"] + seconds["match"]
-            steps = result.stages["encode"].steps or {}
-            rows.append({"setup": setup, "device": str(device), "trained": setup in trained, "clips": clips,
-                         "encode_s": seconds["encode"], **{f"{k}_s": v for k, v in steps.items()},
-                         "match_s": seconds["match"],
-                         "clips_per_s": clips / total if total else None, "matched": len(result.result),
-                         "score": result.score["final"] if result.score else None, **_peak_memory(result)})
+            for engine in engines:
+                out = work / (f"run_{setup}" if engine == "local" else f"run_{setup}_{engine}")
+                shutil.rmtree(out, ignore_errors=True)
+                result = run_pipeline(data, out, detector=(det_cfg, weights[0]),
+                                      embedders=list(zip(emb_cfgs, weights[1])), device=str(device), report=False,
+                                      engine=engine, ray_address=args.ray_address)
+                seconds = result.stage_seconds
+                total = seconds["encode"] + seconds["match"]
+                steps = result.stages["encode"].steps or {}
+                row = {"setup": setup, "device": str(device), "trained": setup in trained, "clips": clips,
+                       "encode_s": seconds["encode"], **{f"{k}_s": v for k, v in steps.items()},
+                       "match_s": seconds["match"],
+                       "clips_per_s": clips / total if total else None, "matched": len(result.result),
+                       "score": result.score["final"] if result.score else None, **_peak_memory(result)}
+                if args.engine == "ray":
+                    record = result.stages["encode"].engine or {}
+                    row = {"engine": engine, **row, "actors": record.get("actors")}
+                rows.append(row)
     columns = ["setup", "device", "trained", "clips", "encode_s", "read_s", "detect_s", "embed_s", "write_s",
                "match_s", "clips_per_s", "matched",
                "score", "peak_rss_mib"]
+    if args.engine == "ray":
+        columns = ["engine", *columns, "actors"]
     print_table(rows, columns)
-    write_result(args.out, "e2e", rows, {"data": str(args.data or f"synthetic, {args.items} items, defaults"),
+    write_result(out_file, "e2e", rows, {"data": str(args.data or f"synthetic, {args.items} items, defaults"),
                                          "detector_set": args.detector_set, "embedder_set": args.embedder_set,
-                                         "weights": args.weights})
+                                         "weights": args.weights, "engine": args.engine,
+                                         "ray_address": args.ray_address})
 
 
 if __name__ == "__main__":

@@ -390,7 +390,7 @@ def _encode_sources(data: Dataset, out: Path, detector: DetectorSpec | None, spe
                  len(sources), store.folder)
     if cluster is not None:
         report = cluster.encode(todo, store, detector=detector, embedders=specs, group_size=group_size,
-                                progress=progress)
+                                video_backend=video_backend, progress=progress)
         stage.record.engine = report.engine
     else:
         # The models load even when every source is stored: weights that cannot be loaded are named now, not on
