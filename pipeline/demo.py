@@ -10,12 +10,11 @@
    The tiny detector is not used: from random weights it learns little in a
    few minutes of CPU time;
 3. embeds crops with the ImageNet Lite0 embedder as it is, which pools its
-   last block's maps when untrained (``model.conv_head``: with ground-truth
-   boxes, 3 seeds of 30 held-out items score 0.91 / 0.72 / 0.76 instead of
-   0.75 / 0.69 / 0.73 through the conv head). Fine-tuning it with ArcFace on
+   last block's maps when untrained (``model.conv_head``: zero-shot, that
+   scores higher than through the conv head). Fine-tuning it with ArcFace on
    so few identities pulls every crop towards one of them and lowers the
-   held-out score (0.54 on average after 8 epochs on 16 items, 0.65 on 32
-   items); ``--embedder-epochs N`` fine-tunes it anyway (``OUT/embedder``);
+   held-out score; ``--embedder-epochs N`` fine-tunes it anyway
+   (``OUT/embedder``);
 4. writes the model set ``OUT/models.yaml`` (``pipeline.model_set``: the configs as trained, the checkpoints),
    which with the default ``--out`` is the bundled default that ``run.sh`` and the service use when no models
    are named;

@@ -53,9 +53,9 @@ class Service:
     def _precompute_votes(self, snapshot: Snapshot) -> None:
         """Vote the gallery against itself now, in the background, instead of in the first match after a change.
 
-        That vote searches every group box against the whole gallery (about a
-        minute on two cores at 4000 items and 4000 clips), so a query arriving
-        meanwhile still waits for it; a snapshot already replaced is skipped.
+        That vote searches every group box against the whole gallery (its time grows with the gallery:
+        ``gallery_votes_s`` in bench/results/service_match.json), so a query arriving meanwhile still waits for
+        it; a snapshot already replaced is skipped.
         """
         def run() -> None:
             if self.store is not None and self.store.snapshot is snapshot and self.engine is not None:

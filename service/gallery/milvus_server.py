@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 START_TIMEOUT_S = 180.0
-"""Longest wait for a start (the first one unpacks the binary: about 20 s on two cores)."""
+"""Longest wait for a start: the first one also unpacks the server's binary."""
 
 
 def server_command() -> str | None:
