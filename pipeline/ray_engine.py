@@ -26,6 +26,7 @@ Nothing outside this module imports Ray; it is imported only when the Ray engine
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import pickle
@@ -61,6 +62,8 @@ JOB_ATTEMPTS = 3
 """Times the job is run over the sources not yet stored when Ray could not recover a loss inside it."""
 NODE_DEATH_SECONDS = 60.0
 """How long, after a lost actor, to wait for Ray to mark its node dead (its health checks take their time)."""
+RELEASE_SECONDS = 30.0
+"""How long to wait for a failed job's actors to end before the next job starts."""
 STALL_SECONDS = 900.0
 """No source finished for this long: the run fails loudly (the first sources wait for the models to load)."""
 STEPS = ("read", "detect", "embed", "write")
@@ -234,7 +237,9 @@ class RayCluster:
                     raise
                 log.warning("ray: the job lost a node, actor or object (%s); running the sources not yet stored "
                             "again on the nodes left", record["error"])
+                del exc
                 record["nodes_lost"] = _wait_for_node_loss(alive)
+                _release_actors()
             remaining = [(s, k) for s, k in remaining if k not in failed and not store.has(k)]
         nodes = {n["NodeID"]: n for n in ray.nodes()}
         for node, entry in placement.items():
@@ -302,6 +307,22 @@ def _wait_for_node_loss(alive: set[str]) -> int:
             return lost
         time.sleep(0.5)
     return 0
+
+
+def _release_actors() -> None:
+    """Until the failed job's surviving actors are gone and their CPUs free again, so the next job's read tasks
+    find them (bounded: on a cluster shared with other jobs the CPUs may never all be free).
+
+    The failed job's traceback holds its actors' handles in reference cycles: collected, the handles go and Ray
+    ends the actors.
+    """
+    gc.collect()
+    deadline = time.monotonic() + RELEASE_SECONDS
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= _alive_resources().get("CPU", 0.0):
+            return
+        time.sleep(0.5)
+        gc.collect()
 
 
 class EngineStalled(RuntimeError):
