@@ -33,7 +33,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,8 +188,20 @@ class RayReport(EncodeReport):
 class RayCluster:
     """A connection to a Ray cluster (or a local instance) and the actor pool planned for it."""
 
-    def __init__(self, *, address: str | None, plan: PoolPlan, resources: dict[str, float]) -> None:
+    def __init__(self, *, address: str | None, plan: PoolPlan, resources: dict[str, float],
+                 connect: Callable[[], None] | None = None) -> None:
         self.address, self.plan, self.resources = address, plan, resources
+        self.connect = connect
+        """Connects this driver again; ``None`` when the connection is the caller's, not ours to end."""
+
+    def _new_job(self) -> None:
+        """End the driver's Ray job and start a new one: Ray then ends every actor of the failed job (a failed Ray
+        Data job can leave some holding CPUs, and the next job's read tasks would wait for them forever)."""
+        if self.connect is None:
+            _release_actors()
+            return
+        ray.shutdown()
+        self.connect()
 
     @property
     def device(self) -> str:
@@ -239,7 +251,7 @@ class RayCluster:
                             "again on the nodes left", record["error"])
                 del exc
                 record["nodes_lost"] = _wait_for_node_loss(alive)
-                _release_actors()
+                self._new_job()
             remaining = [(s, k) for s, k in remaining if k not in failed and not store.has(k)]
         nodes = {n["NodeID"]: n for n in ray.nodes()}
         for node, entry in placement.items():
@@ -310,12 +322,9 @@ def _wait_for_node_loss(alive: set[str]) -> int:
 
 
 def _release_actors() -> None:
-    """Until the failed job's surviving actors are gone and their CPUs free again, so the next job's read tasks
-    find them (bounded: on a cluster shared with other jobs the CPUs may never all be free).
-
-    The failed job's traceback holds its actors' handles in reference cycles: collected, the handles go and Ray
-    ends the actors.
-    """
+    """Where the Ray connection is the caller's (so the job cannot be ended): until the failed job's actors are
+    gone and their CPUs free again, as far as dropping their handles ends them (bounded: on a cluster shared with
+    other jobs the CPUs may never all be free)."""
     gc.collect()
     deadline = time.monotonic() + RELEASE_SECONDS
     while time.monotonic() < deadline:
@@ -364,18 +373,22 @@ def ray_cluster(*, address: str | None, device: str) -> Iterator[RayCluster]:
     """Join the cluster at ``address`` (``ray start --head`` / KubeRay; ``auto`` finds a local one), or start a
     local instance without one; disconnects (and stops the local instance) at the end."""
     started = not ray.is_initialized()
-    if started:
+
+    def connect() -> None:
         options: dict[str, Any] = {"logging_level": logging.WARNING}
         if address:
             ray.init(address=address, **options)
         else:
             ray.init(include_dashboard=False, **options)
+
+    if started:
+        connect()
     try:
         resources = ray.cluster_resources()
         plan = plan_pool(resources, device=device)
         log.info("ray: %s, %d CPUs, %d GPUs: %d to %d encode actors on %s", address or "local instance",
                  resources.get("CPU", 0), resources.get("GPU", 0), plan.min_actors, plan.max_actors, plan.device)
-        yield RayCluster(address=address, plan=plan, resources=resources)
+        yield RayCluster(address=address, plan=plan, resources=resources, connect=connect if started else None)
     finally:
         if started:
             ray.shutdown()

@@ -255,6 +255,8 @@ def run_pipeline(data_roots: Path | str | Sequence[Path | str], out_dir: Path | 
         raise ValueError(f"sources_per_group={sources_per_group}: need at least 1")
     if engine not in ("local", "ray"):
         raise ValueError(f"engine={engine!r}: not 'local' or 'ray'")
+    if ray_address and engine != "ray":
+        raise ValueError("ray_address needs engine='ray'")
     if stop_after is not None and stop_after not in STAGES:
         raise ValueError(f"stop_after={stop_after!r}: not one of {STAGES}")
     config = match_config if isinstance(match_config, MatchConfig) else load_match_config(match_config)
@@ -362,7 +364,13 @@ def _encode_stage(data: Dataset, out: Path, detector: DetectorSpec | None, specs
     if engine != "ray":
         return _encode_sources(data, out, detector, specs, device, stages, stage, group_size=group_size,
                                video_backend=video_backend, progress=progress)
-    from pipeline.ray_engine import ray_cluster
+    try:
+        from pipeline.ray_engine import ray_cluster
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray" and not (exc.name or "").startswith("ray."):
+            raise
+        raise ValueError("engine 'ray' needs Ray: pip install 'shopmatch[ray]' (or the lock, requirements.txt)") \
+            from exc
 
     with ray_cluster(address=ray_address, device=asked_device) as cluster:
         return _encode_sources(data, out, detector, specs, device, stages, stage, group_size=group_size,
@@ -478,6 +486,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--embedders takes CFG WEIGHTS pairs")
     if args.sources_per_group < 1:
         parser.error("--sources-per-group must be at least 1")
+    if args.ray_address and args.engine != "ray":
+        parser.error("--ray-address needs --engine ray")
     if args.video_backend not in ("auto", *BACKENDS):  # a default from the environment skips argparse's check
         parser.error(f"SHOPMATCH_VIDEO_BACKEND={args.video_backend!r}: expected auto or one of {BACKENDS}")
     return args

@@ -25,6 +25,8 @@ DRIVER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 """The environment every node and every driver of the cluster gets: the authentication mode must be the same on
 all of them (a node in token mode refuses a driver without the token), whatever ~/.ray holds."""
 START_TIMEOUT = 90.0
+STOP_GRACE = 5.0
+"""Seconds a node gets to end its processes on SIGTERM before they are killed."""
 STOP_TIMEOUT = 20.0
 
 
@@ -76,7 +78,7 @@ class RayNode:
             tree = _children(self.process.pid)
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=STOP_TIMEOUT)
+                self.process.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 pass
             for pid in [self.process.pid, *tree]:
