@@ -51,6 +51,9 @@ SETUPS = {
 }
 RESULT = Path(__file__).resolve().parent / "results" / "e2e.json"
 RAY_RESULT = RESULT.with_name("e2e_ray.json")
+RAY_NOTE = ("local rows: read_s is the time spent waiting for decoded sources; ray rows: read/detect/embed/write "
+            "seconds are summed over Ray's tasks and actors, encode_s includes starting or joining Ray and loading "
+            "the models in every actor, and peak_rss_mib is the driver's alone (the actors are other processes)")
 
 
 def untrained_weights(folder: Path, detector: str, embedders: list[str]) -> tuple[Path, list[Path | None]]:
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     write_result(out_file, "e2e", rows, {"data": str(args.data or f"synthetic, {args.items} items, defaults"),
                                          "detector_set": args.detector_set, "embedder_set": args.embedder_set,
                                          "weights": args.weights, "engine": args.engine,
-                                         "ray_address": args.ray_address})
+                                         "ray_address": args.ray_address, **({"note": RAY_NOTE} if args.engine == "ray"
+                                                                             else {})})
 
 
 if __name__ == "__main__":
