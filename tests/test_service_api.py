@@ -195,9 +195,9 @@ def test_a_run_made_with_other_models_is_refused_in_one_line(setup: dict[str, Pa
     done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(tmp_path / "service.yaml"),
                            "--data-dir", str(tmp_path / "gallery"), "--run", str(setup["base"] / "run")],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert "inference settings differ" in lines[0] and "image_score_thresh" in lines[0]
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("{")]  # not the JSON log lines
+    assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: "), done.stderr
+    assert "inference settings differ" in errors[0] and "image_score_thresh" in errors[0]
 
 
 def test_the_service_without_models_refuses_in_one_line_naming_the_command(tmp_path: Path) -> None:
