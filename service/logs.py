@@ -31,6 +31,8 @@ def setup_logging(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # faiss reports at info each SIMD build it tries; a wheel without the AVX2 one reads like a failure
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def ensure_access_log() -> None:

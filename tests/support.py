@@ -7,8 +7,16 @@ every entry point, resumes, refusals), not accuracy.
 """
 from __future__ import annotations
 
+import os
+import select
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import httpx
 
 import torch
 import yaml
@@ -22,12 +30,86 @@ from metric_sub.model import build_embedder
 from runtime.checkpoint import save_checkpoint
 
 UPLOAD_LIMIT = 1_000_000
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The environment of a service subprocess: CPU, offline, this checkout, and ``settings`` (``SHOPMATCH_*``);
+    no settings file from the caller's environment (each server is given its own)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **settings}
+    if "SHOPMATCH_CONFIG_FILE" not in settings:
+        env.pop("SHOPMATCH_CONFIG_FILE", None)
+    return env
+
+
+class ServiceProcess:
+    """``python -m service`` in a subprocess on a free loopback port, ready (``/readyz`` 200) on return."""
+
+    def __init__(self, config: Path, data_dir: Path, log: Path, env: dict[str, str] | None = None,
+                 ready_s: float = 120) -> None:
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--config", str(config), "--data-dir", str(data_dir),
+             "--port", str(self.port)], cwd=REPO, env=env or service_env(), stdout=log.open("ab"),
+            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop(signal.SIGKILL)
+        raise AssertionError(f"server did not get ready:\n{log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+
+def lines_until(process: subprocess.Popen, count: int, deadline: float) -> list[str]:
+    """The process's first ``count`` stdout lines, waiting at most until ``deadline``."""
+    lines: list[str] = []
+    while len(lines) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+    return lines
+
+
+def kill_writer_mid_change(script: str, *, lines: int, pause_s: float, wait_s: float = 120) -> list[str]:
+    """Run ``script`` (a writer printing each committed generation), SIGKILL it ``pause_s`` after its
+    ``lines``-th line: the generations it printed. The pause lands the signal at another point of a change."""
+    writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = lines_until(writer, lines, time.monotonic() + wait_s)
+        assert seen, writer.stderr.read() if writer.poll() is not None else "the writer printed nothing"
+        time.sleep(pause_s)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(timeout=30)
+        writer.stdout.close()
+        writer.stderr.close()
+    assert writer.returncode == -signal.SIGKILL, "the writer ended before the kill"
+    return seen
 
 
 def seeded_tiny_detector() -> Detector:

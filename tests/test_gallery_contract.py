@@ -10,7 +10,6 @@ killed mid-write, and restarted keeps a whole generation.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,7 +24,8 @@ from metric_sub.match import load_match_config
 from service.gallery import Gallery, GalleryReadOnly, GalleryStore, Snapshot, SourceBoxes
 from service.matcher import GalleryMatcher
 from service.settings import GallerySettings
-from test_service_crash import _assert_same, _lines_until, change
+from support import kill_writer_mid_change, lines_until
+from test_service_crash import _assert_same, change
 from test_service_units import DIM, MODELS, REPO, _source
 
 WRITER = """
@@ -237,22 +237,7 @@ def _kill_writer_trial(backend: Backend, folder: Path, trial: int) -> list[str]:
     """Start a writer process changing the gallery, SIGKILL it mid-change; the generations it printed."""
     script = WRITER.format(repo=str(REPO), tests=str(Path(__file__).parent), backend=backend.name,
                            folder=str(folder), uri=backend.uri, collection=backend.collection, changes=60)
-    writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        seen = _lines_until(writer, 3 + 2 * trial, time.monotonic() + 120)
-        assert seen, writer.stderr.read() if writer.poll() is not None else "the writer printed nothing"
-        time.sleep(0.01 * trial)  # land the signal at another point of a change in each trial
-        writer.send_signal(signal.SIGKILL)
-        writer.wait(timeout=30)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait(timeout=30)
-        writer.stdout.close()
-        writer.stderr.close()
-    assert writer.returncode == -signal.SIGKILL, f"trial {trial}: the writer ended before the kill"
-    return seen
+    return kill_writer_mid_change(script, lines=3 + 2 * trial, pause_s=0.01 * trial)
 
 
 def _expected(folder: Path, generation: int) -> GalleryStore:
@@ -308,7 +293,7 @@ def test_milvus_server_restart_and_kill_mid_write_keep_a_whole_generation(milvus
                                   env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         try:
-            seen = _lines_until(writer, 4, time.monotonic() + 120)
+            seen = lines_until(writer, 4, time.monotonic() + 120)
             assert seen, writer.stderr.read() if writer.poll() is not None else "the writer printed nothing"
             milvus_server.kill()
         finally:

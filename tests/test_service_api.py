@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import UPLOAD_LIMIT, free_loopback_port
+from support import UPLOAD_LIMIT, ServiceProcess, service_env
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,54 +40,21 @@ def setup(tiny_setup: dict[str, Path]) -> dict[str, Path]:
     return {**tiny_setup, "config": tiny_setup["service_config"]}
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    env.pop("SHOPMATCH_CONFIG_FILE", None)  # each server is given its settings file
-    return env
-
-
-class Server:
-    """``python -m service`` in a subprocess on a free loopback port."""
-
-    def __init__(self, config: Path, data_dir: Path, log: Path) -> None:
-        self.port = free_loopback_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--config", str(config), "--data-dir", str(data_dir),
-             "--port", str(self.port)], cwd=REPO, env=_env(), stdout=log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"server did not get ready:\n{log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
-
-
 @pytest.fixture(scope="session")
 def gallery(setup: dict[str, Path]) -> Path:
     """A gallery rebuilt from the whole dataset root with one command."""
     data_dir = setup["base"] / "gallery"
     done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(setup["config"]),
                            "--data-dir", str(data_dir), "--root", str(setup["root"])],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 items, 4 clips" in done.stdout
     return data_dir
 
 
 @pytest.fixture(scope="session")
-def server(setup: dict[str, Path], gallery: Path) -> Iterator[Server]:
-    running = Server(setup["config"], gallery, setup["base"] / "server.log")
+def server(setup: dict[str, Path], gallery: Path) -> Iterator[ServiceProcess]:
+    running = ServiceProcess(setup["config"], gallery, setup["base"] / "server.log")
     yield running
     running.stop()
 
@@ -105,16 +72,16 @@ def pipeline_result(setup: dict[str, Path]) -> dict[str, dict]:
     return result.result
 
 
-def _folder(server: Server, path: str, **extra: str) -> httpx.Response:
+def _folder(server: ServiceProcess, path: str, **extra: str) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/match/folder", json={"path": path, **extra}, timeout=120)
 
 
-def _upload(server: Server, files: list[Path], route: str = "/v1/match", **data: str) -> httpx.Response:
+def _upload(server: ServiceProcess, files: list[Path], route: str = "/v1/match", **data: str) -> httpx.Response:
     handles = [("files", (f.name, f.read_bytes())) for f in files]
     return httpx.post(f"{server.url}{route}", files=handles, data=data, timeout=120)
 
 
-def test_match_by_folder_and_upload_give_the_pipeline_answer(server: Server, setup: dict[str, Path],
+def test_match_by_folder_and_upload_give_the_pipeline_answer(server: ServiceProcess, setup: dict[str, Path],
                                                              pipeline_result: dict[str, dict]) -> None:
     root = setup["root"]
     for clip in sorted((root / "video").glob("*.mp4")):
@@ -169,7 +136,7 @@ def test_a_gallery_rebuilt_from_a_run_holds_what_embedding_the_root_gives(setup:
     data_dir = tmp_path / "from_run"
     done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(setup["config"]),
                            "--data-dir", str(data_dir), "--run", str(setup["base"] / "run")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 items, 4 clips" in done.stdout
     from_run, embedded = _stored_entries(setup["config"], data_dir), _stored_entries(setup["config"], gallery)
@@ -179,6 +146,11 @@ def test_a_gallery_rebuilt_from_a_run_holds_what_embedding_the_root_gives(setup:
         assert (entry.names, entry.frames, entry.boxes, entry.groups, entry.pictures) == \
             (other.names, other.frames, other.boxes, other.groups, other.pictures), key
         assert np.allclose(entry.vectors, other.vectors, atol=1e-5), key
+
+
+def _not_logs(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are not JSON log lines: where a refusal must stand alone."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("{")]
 
 
 def test_a_run_made_with_other_models_is_refused_in_one_line(setup: dict[str, Path],
@@ -194,8 +166,8 @@ def test_a_run_made_with_other_models_is_refused_in_one_line(setup: dict[str, Pa
     (tmp_path / "service.yaml").write_text(yaml.safe_dump(settings))
     done = subprocess.run([sys.executable, "-m", "service", "rebuild", "--config", str(tmp_path / "service.yaml"),
                            "--data-dir", str(tmp_path / "gallery"), "--run", str(setup["base"] / "run")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
-    errors = [line for line in done.stderr.splitlines() if not line.startswith("{")]  # not the JSON log lines
+                          cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=300)
+    errors = _not_logs(done.stderr)
     assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: "), done.stderr
     assert "inference settings differ" in errors[0] and "image_score_thresh" in errors[0]
 
@@ -203,15 +175,15 @@ def test_a_run_made_with_other_models_is_refused_in_one_line(setup: dict[str, Pa
 def test_the_service_without_models_refuses_in_one_line_naming_the_command(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "service", "--data-dir", str(tmp_path / "g"),
                            "--models", str(tmp_path / "none.yaml")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        f"error: {tmp_path / 'none.yaml'}: model set not found"]
+                          cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and _not_logs(done.stderr) == [
+        f"error: {tmp_path / 'none.yaml'}: model set not found"], done.stderr
     absent = tmp_path / "repo_without_models"
     done = subprocess.run([sys.executable, "-c", "import sys, pipeline.model_set as m; "
                            f"m.DEFAULT_MODEL_SET = m.Path({str(absent / 'models.yaml')!r}); "
                            "from service.__main__ import main; sys.exit(main(['--data-dir', sys.argv[1]]))",
-                           str(tmp_path / "g")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-    lines = done.stderr.strip().splitlines()
+                           str(tmp_path / "g")], cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=120)
+    lines = _not_logs(done.stderr)
     assert done.returncode == 2 and len(lines) == 1 and "python -m pipeline.demo" in lines[0], done.stderr
 
 
@@ -219,12 +191,12 @@ def test_an_approximate_match_index_is_refused_at_start_instead_of_ignored(setup
                                                                           tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "service", "--config", str(setup["config"]),
                            "--data-dir", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={**_env(), "SHOPMATCH_MATCH_SET": '["index.kind=ivf"]'})
-    lines = done.stderr.strip().splitlines()
+                          timeout=120, env={**service_env(), "SHOPMATCH_MATCH_SET": '["index.kind=ivf"]'})
+    lines = _not_logs(done.stderr)
     assert done.returncode == 2 and len(lines) == 1 and "match.index.kind='ivf'" in lines[0], done.stderr
 
 
-def test_refusals_have_the_right_codes(server: Server, setup: dict[str, Path]) -> None:
+def test_refusals_have_the_right_codes(server: ServiceProcess, setup: dict[str, Path]) -> None:
     base = setup["base"]
     refused = {403: [_folder(server, "image/../image/000001"), _folder(server, "/etc"),
                      _folder(server, str(base / "outside")), _folder(server, "escape"),
@@ -250,7 +222,7 @@ def test_refusals_have_the_right_codes(server: Server, setup: dict[str, Path]) -
     assert refused[405][0].headers["Allow"] == "GET, DELETE"
 
 
-def test_concurrent_adds_of_one_id_report_one_add_and_one_replacement(server: Server) -> None:
+def test_concurrent_adds_of_one_id_report_one_add_and_one_replacement(server: ServiceProcess) -> None:
     """The replaced flag comes from the store's write, so of two adds racing one new id exactly one adds."""
     def add(_: int) -> httpx.Response:
         return httpx.post(f"{server.url}/v1/gallery", json={"path": "video/000001.mp4", "id": "race"}, timeout=120)
@@ -289,7 +261,7 @@ def _entries(url: str) -> list[dict]:
 
 def test_gallery_changes_survive_restart(setup: dict[str, Path]) -> None:
     base, root = setup["base"], setup["root"]
-    server = Server(setup["config"], base / "restart", base / "restart.log")
+    server = ServiceProcess(setup["config"], base / "restart", base / "restart.log")
     try:
         added = _upload(server, sorted((root / "image" / "000001").glob("*.jpg")), "/v1/gallery/upload",
                         id="000001")
@@ -310,7 +282,7 @@ def test_gallery_changes_survive_restart(setup: dict[str, Path]) -> None:
     finally:
         server.stop()
     assert [(e["kind"], e["id"]) for e in before] == [("clip", "000002"), ("item", "000001")]
-    server = Server(setup["config"], base / "restart", base / "restart.log")
+    server = ServiceProcess(setup["config"], base / "restart", base / "restart.log")
     try:
         assert _entries(server.url) == before
         assert httpx.get(f"{server.url}/v1/gallery/stats").json() == stats
@@ -321,7 +293,7 @@ def test_gallery_changes_survive_restart(setup: dict[str, Path]) -> None:
 def test_server_killed_during_add_restarts_consistent(setup: dict[str, Path], gallery: Path) -> None:
     base, root = setup["base"], setup["root"]
     data_dir = shutil.copytree(gallery, base / "killed")
-    server = Server(setup["config"], data_dir, base / "killed.log")
+    server = ServiceProcess(setup["config"], data_dir, base / "killed.log")
     before = _entries(server.url)
     outcomes: list[object] = []
 
@@ -336,7 +308,7 @@ def test_server_killed_during_add_restarts_consistent(setup: dict[str, Path], ga
     time.sleep(0.15)
     server.stop(signal.SIGKILL)
     thread.join(timeout=60)
-    server = Server(setup["config"], data_dir, base / "killed.log")
+    server = ServiceProcess(setup["config"], data_dir, base / "killed.log")
     try:
         after = _entries(server.url)
         stats = httpx.get(f"{server.url}/v1/gallery/stats").json()

@@ -7,17 +7,12 @@ gallery any generation must hold is known by replaying the same changes in this 
 """
 from __future__ import annotations
 
-import os
-import select
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from service.gallery import GalleryStore
+from support import kill_writer_mid_change
 from test_service_units import DIM, MODELS, REPO, _source
 
 TRIALS = 3
@@ -56,19 +51,6 @@ def _expected(folder: Path, generation: int) -> GalleryStore:
     return store
 
 
-def _lines_until(process: subprocess.Popen, count: int, deadline: float) -> list[str]:
-    """The writer's first ``count`` lines (committed generations), waiting at most until ``deadline``."""
-    lines: list[str] = []
-    while len(lines) < count and time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line.strip())
-    return lines
-
-
 def _assert_same(store: GalleryStore, expected: GalleryStore) -> None:
     got, want = store.snapshot, expected.snapshot
     assert got.generation == want.generation
@@ -81,25 +63,10 @@ def _assert_same(store: GalleryStore, expected: GalleryStore) -> None:
 
 def test_a_writer_killed_during_changes_leaves_a_whole_generation(tmp_path: Path) -> None:
     folder = tmp_path / "gallery"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     for trial in range(TRIALS):
         script = WRITER.format(repo=str(REPO), tests=str(Path(__file__).parent), folder=str(folder), dim=DIM,
                                models=MODELS, changes=CHANGES_PER_TRIAL)
-        writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        try:
-            seen = _lines_until(writer, 3 + 2 * trial, time.monotonic() + 60)
-            assert seen, writer.stderr.read() if writer.poll() is not None else "the writer printed nothing"
-            time.sleep(0.003 * trial)  # land the signal at another point of a change in each trial
-            writer.send_signal(signal.SIGKILL)
-            writer.wait(timeout=30)
-        finally:
-            if writer.poll() is None:
-                writer.kill()
-                writer.wait(timeout=30)
-            writer.stdout.close()
-            writer.stderr.close()
-        assert writer.returncode == -signal.SIGKILL, f"trial {trial}: the writer ended before the kill"
+        seen = kill_writer_mid_change(script, lines=3 + 2 * trial, pause_s=0.003 * trial, wait_s=60)
         reopened = GalleryStore(folder, DIM, MODELS)
         try:
             assert reopened.snapshot.generation >= int(seen[-1])  # a printed generation was committed

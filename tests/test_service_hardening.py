@@ -1,5 +1,5 @@
 """The service refuses, cheaply, what it cannot afford: each refusal checked against a real uvicorn server on
-127.0.0.1 (``test_service_api.Server``) with an API key and tight limits, then a bounded Schemathesis run
+127.0.0.1 (``support.ServiceProcess``) with an API key and tight limits, then a bounded Schemathesis run
 against the same server, which must find the OpenAPI schema saying exactly what the server does.
 
 Nothing here measures speed: the checks are status codes, error bodies, what the logs hold, and the
@@ -21,8 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from support import UPLOAD_LIMIT
-from test_service_api import Server
+from support import UPLOAD_LIMIT, ServiceProcess
 
 KEY = "hardening-key"
 HEADERS = {"X-API-Key": KEY}
@@ -59,7 +58,7 @@ def extra_root(tmp_path_factory: pytest.TempPathFactory, tiny_setup: dict[str, P
 
 @pytest.fixture(scope="module")
 def hardened(tiny_setup: dict[str, Path], extra_root: Path,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """A server with an API key, a small pixel budget and a tiny queue-wait budget, on an empty gallery."""
     base = tmp_path_factory.mktemp("hardened")
     settings = yaml.safe_load(tiny_setup["service_config"].read_text())
@@ -68,16 +67,16 @@ def hardened(tiny_setup: dict[str, Path], extra_root: Path,
     settings["limits"].update(max_request_pixels=REQUEST_PIXELS, max_pixels_in_flight=REQUEST_PIXELS)
     settings["batching"]["max_queue_wait_s"] = 1e-6
     (base / "service.yaml").write_text(yaml.safe_dump(settings))
-    server = Server(base / "service.yaml", base / "gallery", base / "server.log")
+    server = ServiceProcess(base / "service.yaml", base / "gallery", base / "server.log")
     yield server
     server.stop()
 
 
-def _data_dir(server: Server) -> Path:
+def _data_dir(server: ServiceProcess) -> Path:
     return server.log.parent / "gallery"
 
 
-def _client(server: Server, keyed: bool = True) -> httpx.Client:
+def _client(server: ServiceProcess, keyed: bool = True) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=HEADERS if keyed else {}, timeout=60)
 
 
@@ -99,11 +98,11 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
-def _log_tail(server: Server, since: int) -> str:
+def _log_tail(server: ServiceProcess, since: int) -> str:
     return server.log.read_bytes()[since:].decode(errors="replace")
 
 
-def test_readyz_says_only_ready_and_the_details_need_the_key(hardened: Server) -> None:
+def test_readyz_says_only_ready_and_the_details_need_the_key(hardened: ServiceProcess) -> None:
     public = httpx.get(f"{hardened.url}/readyz")
     assert public.status_code == 200 and public.json() == {"status": "ready"}
     with _client(hardened, keyed=False) as anonymous:
@@ -121,7 +120,7 @@ def test_readyz_says_only_ready_and_the_details_need_the_key(hardened: Server) -
         assert stats["data_dir"] == "gallery"
 
 
-def test_claimed_pixels_are_refused_before_decoding(hardened: Server) -> None:
+def test_claimed_pixels_are_refused_before_decoding(hardened: ServiceProcess) -> None:
     claims = [("files", (f"{n}.jpg", claiming_jpeg(6000, 6000))) for n in range(16)]
     assert sum(len(data) for _, (_, data) in claims) < 16 * 1024  # 576 million pixels claimed in under 16 KB
     before = _rss_kib(hardened.process.pid)
@@ -135,7 +134,7 @@ def test_claimed_pixels_are_refused_before_decoding(hardened: Server) -> None:
     assert growth < RSS_GROWTH_BOUND_KIB, f"server RSS grew by {growth} KiB while refusing"
 
 
-def test_a_decompression_bomb_is_refused_by_size_naming_the_file(hardened: Server, extra_root: Path) -> None:
+def test_a_decompression_bomb_is_refused_by_size_naming_the_file(hardened: ServiceProcess, extra_root: Path) -> None:
     bomb = (extra_root / "bombs" / "bomb.jpg").read_bytes()
     with _client(hardened) as client:
         uploaded = _assert_error(client.post("/v1/match", files=[("files", ("bomb.jpg", bomb))]), 422,
@@ -155,7 +154,7 @@ def test_the_batch_readers_take_a_bomb_for_a_bad_file(extra_root: Path) -> None:
             reader(extra_root / "bombs" / "bomb.jpg")
 
 
-def test_long_paths_are_refused_and_stay_out_of_the_logs(hardened: Server) -> None:
+def test_long_paths_are_refused_and_stay_out_of_the_logs(hardened: ServiceProcess) -> None:
     since = hardened.log.stat().st_size
     with _client(hardened) as client:
         name = _assert_error(client.post("/v1/match/folder", json={"path": "a" * 300}), 404, "not_found")
@@ -169,7 +168,7 @@ def test_long_paths_are_refused_and_stay_out_of_the_logs(hardened: Server) -> No
     assert "a" * 250 not in logged and "c" * 250 not in logged and "Traceback" not in logged
 
 
-def test_fifos_are_skipped_in_folders_and_refused_by_name(hardened: Server) -> None:
+def test_fifos_are_skipped_in_folders_and_refused_by_name(hardened: ServiceProcess) -> None:
     with _client(hardened) as client:  # a read that opened a FIFO would block until this client times out
         _assert_error(client.post("/v1/match/folder", json={"path": "pipe.mp4"}), 422, "not_a_regular_file")
         folder = client.post("/v1/match/folder", json={"path": "with_fifo"})
@@ -177,7 +176,7 @@ def test_fifos_are_skipped_in_folders_and_refused_by_name(hardened: Server) -> N
     assert folder.json()["query"]["pictures"] == 2
 
 
-def test_a_chunked_upload_over_the_limit_is_413(hardened: Server) -> None:
+def test_a_chunked_upload_over_the_limit_is_413(hardened: ServiceProcess) -> None:
     request = httpx.Request("POST", f"{hardened.url}/v1/match",
                             files=[("files", ("big.jpg", b"\xff\xd8\xff" + b"\0" * (UPLOAD_LIMIT + 100_000)))])
     body = request.read()
@@ -192,7 +191,7 @@ def test_a_chunked_upload_over_the_limit_is_413(hardened: Server) -> None:
     assert str(UPLOAD_LIMIT) in error["message"]
 
 
-def test_an_unexpected_failure_is_a_json_500_with_its_request_id(hardened: Server, tiny_setup: dict[str, Path]
+def test_an_unexpected_failure_is_a_json_500_with_its_request_id(hardened: ServiceProcess, tiny_setup: dict[str, Path]
                                                                  ) -> None:
     uploads = _data_dir(hardened) / "uploads"
     since = hardened.log.stat().st_size
@@ -213,7 +212,7 @@ def test_an_unexpected_failure_is_a_json_500_with_its_request_id(hardened: Serve
     assert len(failure[0]["message"]) <= 200 and "Traceback" not in logged  # not logged again by the server
 
 
-def test_admission_refuses_what_would_wait_past_the_budget(hardened: Server) -> None:
+def test_admission_refuses_what_would_wait_past_the_budget(hardened: ServiceProcess) -> None:
     """The queue-wait budget is tiny: an idle server still serves, a request arriving behind another is
     refused (once one request has been measured). Which of the concurrent ones arrives second depends on
     timing, so a few bounded rounds of three are sent until one is refused."""
@@ -234,7 +233,7 @@ def test_admission_refuses_what_would_wait_past_the_budget(hardened: Server) -> 
         assert client.post("/v1/match/folder", json={"path": "image/000001"}).status_code == 200  # idle again
 
 
-def test_schemathesis_finds_the_schema_exact(hardened: Server, tmp_path: Path) -> None:
+def test_schemathesis_finds_the_schema_exact(hardened: ServiceProcess, tmp_path: Path) -> None:
     """All checks, a bounded number of examples per operation. Uploads of generated bytes are refused as
     unsupported media (415), which no schema can rule out, so positive data may answer 415 too."""
     config = tmp_path / "schemathesis.toml"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import free_loopback_port
+from support import ServiceProcess, service_env
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTION = "service_replicas"
@@ -32,35 +32,7 @@ def _env(uri: str, **gallery: str) -> dict[str, str]:
     settings = {"SHOPMATCH_GALLERY__BACKEND": "milvus", "SHOPMATCH_GALLERY__URI": uri,
                 "SHOPMATCH_GALLERY__COLLECTION": COLLECTION,
                 **{f"SHOPMATCH_GALLERY__{k.upper()}": v for k, v in gallery.items()}}
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **settings}
-
-
-class Replica:
-    """``python -m service`` in a subprocess on a free loopback port, with the given environment."""
-
-    def __init__(self, config: Path, data_dir: Path, log: Path, env: dict[str, str]) -> None:
-        self.port = free_loopback_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--config", str(config), "--data-dir", str(data_dir),
-             "--port", str(self.port)], cwd=REPO, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop(signal.SIGKILL)
-        raise AssertionError(f"replica did not get ready:\n{log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
+    return service_env(**settings)
 
 
 @pytest.fixture(scope="module")
@@ -83,32 +55,32 @@ def galleries(tiny_setup: dict[str, Path], milvus_server) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_setup: dict[str, Path], milvus_server, galleries: dict[str, Path]) -> Iterator[dict[str, Replica]]:
+def replicas(tiny_setup: dict[str, Path], milvus_server, galleries: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
     base, config = tiny_setup["base"], tiny_setup["service_config"]
-    started: dict[str, Replica] = {}
+    started: dict[str, ServiceProcess] = {}
     try:
-        started["writer"] = Replica(config, base / "scratch-writer", base / "writer.log", _env(milvus_server.uri))
-        started["reader"] = Replica(config, base / "scratch-reader", base / "reader.log",
+        started["writer"] = ServiceProcess(config, base / "scratch-writer", base / "writer.log", _env(milvus_server.uri))
+        started["reader"] = ServiceProcess(config, base / "scratch-reader", base / "reader.log",
                                     _env(milvus_server.uri, writer="false"))
         local_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-        started["local"] = Replica(config, galleries["local"], base / "local.log", local_env)
+        started["local"] = ServiceProcess(config, galleries["local"], base / "local.log", local_env)
         yield started
     finally:
         for replica in started.values():
             replica.stop()
 
 
-def _match(replica: Replica, path: str) -> dict:
+def _match(replica: ServiceProcess, path: str) -> dict:
     answer = httpx.post(f"{replica.url}/v1/match/folder", json={"path": path}, timeout=120)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
 
-def _entries(replica: Replica) -> list[dict]:
+def _entries(replica: ServiceProcess) -> list[dict]:
     return httpx.get(f"{replica.url}/v1/gallery", params={"limit": 1000}).json()["entries"]
 
 
-def test_both_backends_answer_the_same_matches(replicas: dict[str, Replica], tiny_setup: dict[str, Path]) -> None:
+def test_both_backends_answer_the_same_matches(replicas: dict[str, ServiceProcess], tiny_setup: dict[str, Path]) -> None:
     root = tiny_setup["root"]
     queries = [f"video/{clip.name}" for clip in sorted((root / "video").glob("*.mp4"))]
     queries += [f"image/{folder.name}" for folder in sorted((root / "image").iterdir()) if folder.is_dir()]
@@ -125,7 +97,7 @@ def test_both_backends_answer_the_same_matches(replicas: dict[str, Replica], tin
         assert stats["local"][key] == stats["reader"][key], key
 
 
-def test_a_write_through_one_replica_is_seen_by_the_other(replicas: dict[str, Replica],
+def test_a_write_through_one_replica_is_seen_by_the_other(replicas: dict[str, ServiceProcess],
                                                           tiny_setup: dict[str, Path]) -> None:
     writer, reader = replicas["writer"], replicas["reader"]
     clip = tiny_setup["root"] / "video" / "000002.mp4"
@@ -145,7 +117,7 @@ def test_a_write_through_one_replica_is_seen_by_the_other(replicas: dict[str, Re
     assert _match(reader, "image/000002")["generation"] == generation + 1
 
 
-def test_writer_replica_killed_mid_add_leaves_one_generation(replicas: dict[str, Replica], milvus_server,
+def test_writer_replica_killed_mid_add_leaves_one_generation(replicas: dict[str, ServiceProcess], milvus_server,
                                                              tiny_setup: dict[str, Path]) -> None:
     base, root = tiny_setup["base"], tiny_setup["root"]
     reader = replicas["reader"]
@@ -166,7 +138,7 @@ def test_writer_replica_killed_mid_add_leaves_one_generation(replicas: dict[str,
     time.sleep(0.3)
     writer.stop(signal.SIGKILL)
     thread.join(timeout=60)
-    replicas["writer"] = Replica(tiny_setup["service_config"], base / "scratch-writer", base / "writer.log",
+    replicas["writer"] = ServiceProcess(tiny_setup["service_config"], base / "scratch-writer", base / "writer.log",
                                  _env(milvus_server.uri))
     after = _entries(reader)
     assert after in (before, sorted(before + [e for e in after if e["id"] == "killed1"],

@@ -69,6 +69,9 @@ LOG_KEPT = 16
 """Log rows kept below the head (older ones are deleted after each commit)."""
 LOAD_ATTEMPTS = 8
 """Loads of a moving head tried before a reader gives up (503): each retry follows a commit made meanwhile."""
+INCOMPLETE_WAIT_S = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
+"""Pauses between reads that found rows of an unmoved head missing: a restarted server serves its segments
+as it loads them, so a read just after a restart can come back short."""
 INSERT_BYTES = 8 * 2**20
 """Approximate size of one insert call."""
 PAGE = 4096
@@ -362,7 +365,8 @@ class MilvusGallery:
     def _load(self, head: Head) -> None:
         """Make ``snapshot`` the generation of ``head`` or a newer one; the caller holds ``_lock`` (or owns
         the object). A reload that saw the head move meanwhile starts over, so a snapshot is never a mix."""
-        for _ in range(LOAD_ATTEMPTS):
+        moves, short = 0, 0
+        while True:
             try:
                 loaded = self._read(head)
             except _Moved:
@@ -377,9 +381,19 @@ class MilvusGallery:
                 if self.on_change is not None:
                     self.on_change(snapshot)
                 return
+            if after.generation != head.generation:
+                moves += 1
+                if moves >= LOAD_ATTEMPTS:
+                    raise GalleryUnavailable(f"Milvus collection {self.config.collection}: the gallery changed "
+                                             f"during {LOAD_ATTEMPTS} loads in a row; retry")
+            else:  # the head stood still, yet rows of it were missing: the server is still loading them
+                if short >= len(INCOMPLETE_WAIT_S):
+                    raise GalleryUnavailable(f"Milvus collection {self.config.collection}: generation "
+                                             f"{head.generation} came back incomplete in {short + 1} reads "
+                                             f"over {sum(INCOMPLETE_WAIT_S):.0f} s; retry")
+                time.sleep(INCOMPLETE_WAIT_S[short])
+                short += 1
             head = after
-        raise GalleryUnavailable(f"Milvus collection {self.config.collection}: the gallery changed during "
-                                 f"{LOAD_ATTEMPTS} loads in a row; retry")
 
     def _read(self, head: Head) -> tuple[Snapshot, dict[tuple[str, str], int]]:
         """The snapshot of ``head``: from ``snapshot`` plus what changed since, or whole after a rebuild."""
