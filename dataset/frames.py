@@ -14,9 +14,9 @@ model. Two backends give the same pixels on H.264 clips (the tests check it):
   frame, which is several times slower (``bench/results/decode.json``).
 
 ``backend="auto"`` takes decord when it is installed and falls back to OpenCV
-for a file that decord cannot open or decode; the environment variable
-``SHOPMATCH_VIDEO_BACKEND`` (``decord`` or ``opencv``) replaces ``auto`` with
-one backend and no fallback.
+for a file that decord cannot open or decode; naming one backend (a run's
+``--video-backend``, the service's ``video_backend`` setting, both read from
+``$SHOPMATCH_VIDEO_BACKEND`` when not given) means that one and no fallback.
 
 A container's frame count is a claim, not a fact: requested frames that the
 file does not really hold come back in ``ClipFrames.missing`` instead of

@@ -272,6 +272,8 @@ class RayCluster:
         context.enable_progress_bars = progress
         rows = [{"key": key, "source": source_to_json(source)} for source, key in todo]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # The retry limits go as ray_remote_args, which Ray 2.60 warns are deprecated, yet it names no
+        # parameter for them; dropping them would leave Ray Data's own retry and restart defaults.
         dataset = dataset.map(_read_row, fn_kwargs={"backend": video_backend}, num_cpus=1, max_retries=READ_RETRIES)
         dataset = dataset.map_batches(
             EncodeActor, batch_size=group_size, batch_format="numpy",

@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -76,6 +78,25 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.send_signal(sig)
             self.process.wait(timeout=30)
+
+
+def kill_during(server: ServiceProcess, request: Callable[[], object], after_s: float) -> object:
+    """Send ``request`` from a thread and SIGKILL ``server`` ``after_s`` later, mid-request: the response, or
+    the transport error the client saw."""
+    outcome: list[object] = []
+
+    def send() -> None:
+        try:
+            outcome.append(request())
+        except httpx.TransportError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(after_s)
+    server.stop(signal.SIGKILL)
+    thread.join(timeout=60)
+    return outcome[0] if outcome else None
 
 
 def lines_until(process: subprocess.Popen, count: int, deadline: float) -> list[str]:

@@ -25,7 +25,7 @@ from service.gallery import Gallery, GalleryReadOnly, GalleryStore, Snapshot, So
 from service.matcher import GalleryMatcher
 from service.settings import GallerySettings
 from support import kill_writer_mid_change, lines_until
-from test_service_crash import _assert_same, change
+from test_service_crash import _assert_same, _expected, change
 from test_service_units import DIM, MODELS, REPO, _source
 
 WRITER = """
@@ -238,14 +238,6 @@ def _kill_writer_trial(backend: Backend, folder: Path, trial: int) -> list[str]:
     script = WRITER.format(repo=str(REPO), tests=str(Path(__file__).parent), backend=backend.name,
                            folder=str(folder), uri=backend.uri, collection=backend.collection, changes=60)
     return kill_writer_mid_change(script, lines=3 + 2 * trial, pause_s=0.01 * trial)
-
-
-def _expected(folder: Path, generation: int) -> GalleryStore:
-    """The gallery after changes 1 .. ``generation``, replayed in a local store here."""
-    store = GalleryStore(folder, DIM, MODELS)
-    for step in range(1, generation + 1):
-        change(store, step)
-    return store
 
 
 def test_a_writer_killed_mid_change_leaves_a_whole_generation(backend: Backend, tmp_path: Path) -> None:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import UPLOAD_LIMIT, ServiceProcess, service_env
+from support import UPLOAD_LIMIT, ServiceProcess, kill_during, service_env
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +180,8 @@ def test_the_service_without_models_refuses_in_one_line_naming_the_command(tmp_p
     done = subprocess.run([sys.executable, "-c", "import sys, pipeline.model_set as m; "
                            f"m.DEFAULT_MODEL_SET = m.Path({str(absent / 'models.yaml')!r}); "
                            "from service.__main__ import main; sys.exit(main(['--data-dir', sys.argv[1]]))",
-                           str(tmp_path / "g")], cwd=REPO, env=service_env(), capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "g")], cwd=REPO, env=service_env(), capture_output=True, text=True,
+                          timeout=120)
     lines = _not_logs(done.stderr)
     assert done.returncode == 2 and len(lines) == 1 and "python -m pipeline.demo" in lines[0], done.stderr
 
@@ -295,19 +294,8 @@ def test_server_killed_during_add_restarts_consistent(setup: dict[str, Path], ga
     data_dir = shutil.copytree(gallery, base / "killed")
     server = ServiceProcess(setup["config"], data_dir, base / "killed.log")
     before = _entries(server.url)
-    outcomes: list[object] = []
-
-    def add() -> None:
-        try:
-            outcomes.append(_upload(server, [root / "video" / "000001.mp4"], "/v1/gallery/upload", id="new1"))
-        except httpx.TransportError as exc:
-            outcomes.append(exc)
-
-    thread = threading.Thread(target=add)
-    thread.start()
-    time.sleep(0.15)
-    server.stop(signal.SIGKILL)
-    thread.join(timeout=60)
+    kill_during(server, lambda: _upload(server, [root / "video" / "000001.mp4"], "/v1/gallery/upload", id="new1"),
+                0.15)
     server = ServiceProcess(setup["config"], data_dir, base / "killed.log")
     try:
         after = _entries(server.url)

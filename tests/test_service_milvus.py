@@ -12,17 +12,14 @@ generation.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from support import ServiceProcess, service_env
+from support import ServiceProcess, kill_during, service_env
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTION = "service_replicas"
@@ -55,13 +52,15 @@ def galleries(tiny_setup: dict[str, Path], milvus_server) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_setup: dict[str, Path], milvus_server, galleries: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
+def replicas(tiny_setup: dict[str, Path], milvus_server,
+             galleries: dict[str, Path]) -> Iterator[dict[str, ServiceProcess]]:
     base, config = tiny_setup["base"], tiny_setup["service_config"]
     started: dict[str, ServiceProcess] = {}
     try:
-        started["writer"] = ServiceProcess(config, base / "scratch-writer", base / "writer.log", _env(milvus_server.uri))
+        started["writer"] = ServiceProcess(config, base / "scratch-writer", base / "writer.log",
+                                           _env(milvus_server.uri))
         started["reader"] = ServiceProcess(config, base / "scratch-reader", base / "reader.log",
-                                    _env(milvus_server.uri, writer="false"))
+                                           _env(milvus_server.uri, writer="false"))
         local_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
         started["local"] = ServiceProcess(config, galleries["local"], base / "local.log", local_env)
         yield started
@@ -80,7 +79,8 @@ def _entries(replica: ServiceProcess) -> list[dict]:
     return httpx.get(f"{replica.url}/v1/gallery", params={"limit": 1000}).json()["entries"]
 
 
-def test_both_backends_answer_the_same_matches(replicas: dict[str, ServiceProcess], tiny_setup: dict[str, Path]) -> None:
+def test_both_backends_answer_the_same_matches(replicas: dict[str, ServiceProcess],
+                                               tiny_setup: dict[str, Path]) -> None:
     root = tiny_setup["root"]
     queries = [f"video/{clip.name}" for clip in sorted((root / "video").glob("*.mp4"))]
     queries += [f"image/{folder.name}" for folder in sorted((root / "image").iterdir()) if folder.is_dir()]
@@ -123,23 +123,11 @@ def test_writer_replica_killed_mid_add_leaves_one_generation(replicas: dict[str,
     reader = replicas["reader"]
     before = _entries(reader)
     writer = replicas.pop("writer")
-    outcomes: list[object] = []
-
-    def add() -> None:
-        clip = root / "video" / "000001.mp4"
-        try:
-            outcomes.append(httpx.post(f"{writer.url}/v1/gallery/upload", data={"id": "killed1"},
-                                       files=[("files", (clip.name, clip.read_bytes()))], timeout=120))
-        except httpx.TransportError as exc:
-            outcomes.append(exc)
-
-    thread = threading.Thread(target=add)
-    thread.start()
-    time.sleep(0.3)
-    writer.stop(signal.SIGKILL)
-    thread.join(timeout=60)
+    clip = root / "video" / "000001.mp4"
+    kill_during(writer, lambda: httpx.post(f"{writer.url}/v1/gallery/upload", data={"id": "killed1"},
+                                           files=[("files", (clip.name, clip.read_bytes()))], timeout=120), 0.3)
     replicas["writer"] = ServiceProcess(tiny_setup["service_config"], base / "scratch-writer", base / "writer.log",
-                                 _env(milvus_server.uri))
+                                        _env(milvus_server.uri))
     after = _entries(reader)
     assert after in (before, sorted(before + [e for e in after if e["id"] == "killed1"],
                                     key=lambda e: (e["kind"], e["id"])))

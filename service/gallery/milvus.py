@@ -44,12 +44,13 @@ it did not expect, which catches a second writer in all but a narrow race.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from metric_sub.index import unit_rows
+from runtime.allocator import release_freed_memory
 from service.gallery.model import (Entry, GalleryError, GalleryReadOnly, GalleryUnavailable, Kind, Snapshot,
                                    SourceBoxes, change_sides, empty_snapshot, sources_of)
 
@@ -304,29 +306,34 @@ class MilvusGallery:
             self._call(f"load {name}", lambda n=name: self._client.load_collection(n))
 
     def _query(self, part: str, expr: str, fields: list[str], consistency: str = "Strong") -> list[dict]:
-        """Every row of ``part`` matching ``expr``, paged by primary key (Milvus answers at most 16384 rows per
-        query, in primary-key order). Each page is its own Strong read: ``_load`` checks the head afterwards."""
+        """Every row of ``part`` matching ``expr`` (see ``_pages``)."""
+        return [row for page in self._pages(part, expr, fields, consistency) for row in page]
+
+    def _pages(self, part: str, expr: str, fields: list[str], consistency: str = "Strong") -> Iterator[list[dict]]:
+        """The rows of ``part`` matching ``expr``, a page at a time, paged by primary key (Milvus answers at most
+        16384 rows per query, in primary-key order). Each page is its own Strong read: ``_load`` checks the head
+        afterwards."""
         primary = PRIMARY[part]
         page = PAGE if "vector" in fields else 4 * PAGE
-        rows: list[dict] = []
         after: int | str | None = None
         while True:
             bound = "" if after is None else f" and {primary} > {_quote(after) if isinstance(after, str) else after}"
             batch = self._call(f"query {self.names[part]}", lambda b=bound: self._client.query(
                 self.names[part], filter=f"({expr}){b}", output_fields=[primary, *fields], limit=page,
                 consistency_level=consistency))
-            rows.extend(batch)
+            yield batch
             if len(batch) < page:
-                return rows
+                return
             after = max(row[primary] for row in batch)
 
     def _delete(self, part: str, expr: str) -> None:
         self._call(f"delete from {self.names[part]}", lambda: self._client.delete(self.names[part], filter=expr))
 
-    def _insert(self, part: str, rows: list[dict], row_bytes: int) -> None:
+    def _insert(self, part: str, rows: Iterable[dict], row_bytes: int) -> None:
+        """Insert ``rows`` in calls of about ``INSERT_BYTES``, taking from the iterable only what one call sends."""
         step = max(1, INSERT_BYTES // row_bytes)
-        for start in range(0, len(rows), step):
-            chunk = rows[start:start + step]
+        rows = iter(rows)
+        while chunk := list(itertools.islice(rows, step)):
             self._call(f"insert into {self.names[part]}", lambda c=chunk: self._client.insert(self.names[part], c))
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -378,6 +385,7 @@ class MilvusGallery:
                     raise GalleryError(f"Milvus collection {self.config.collection}: the gallery was rebuilt "
                                        f"with other models ({head.models}); restart with those models")
                 self.snapshot, self._versions = snapshot, versions
+                release_freed_memory()  # the pages' Python lists: glibc would keep their heap in this replica
                 if self.on_change is not None:
                     self.on_change(snapshot)
                 return
@@ -424,26 +432,36 @@ class MilvusGallery:
         if not keys:
             return []
         wanted = {(key[0], key[1], int(live[key]["version"])) for key in keys}
-        rows = self._query("boxes", f"version > {since} and version <= {until}",
-                           ["id", "kind", "source_id", "version", "name", "frame", "x1", "y1", "x2", "y2", "score",
-                            "grp", "vector"])
-        grouped: dict[tuple[str, str], list[dict]] = {key: [] for key in keys}
-        for row in rows:
-            if (row["kind"], row["source_id"], row["version"]) in wanted:
-                grouped[(row["kind"], row["source_id"])].append(row)
+        # A page's vectors become one float32 array at once: held as the client's lists of Python floats, a
+        # million boxes would take some ten times their size.
+        found: dict[tuple[str, str], list[tuple]] = {key: [] for key in keys}
+        chunks: list[np.ndarray] = []
+        stored = 0
+        for page in self._pages("boxes", f"version > {since} and version <= {until}",
+                                ["id", "kind", "source_id", "version", "name", "frame", "x1", "y1", "x2", "y2",
+                                 "score", "grp", "vector"]):
+            kept = [row for row in page if (row["kind"], row["source_id"], row["version"]) in wanted]
+            if not kept:
+                continue
+            chunks.append(np.asarray([row["vector"] for row in kept], np.float32).reshape(-1, self.dim))
+            for n, row in enumerate(kept, stored):
+                found[(row["kind"], row["source_id"])].append(
+                    (int(row["id"]), n, row["name"], int(row["frame"]),
+                     (int(row["x1"]), int(row["y1"]), int(row["x2"]), int(row["y2"])), float(row["score"]),
+                     int(row["grp"])))
+            stored += len(kept)
+        vectors = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
         out = []
-        for key, found in grouped.items():
+        for key, boxes in found.items():
             entry = live[key]
-            if len(found) != int(entry["boxes"]):
+            if len(boxes) != int(entry["boxes"]):
                 raise _Moved()
-            found.sort(key=lambda r: r["id"])
-            vectors = (np.asarray([r["vector"] for r in found], np.float32).reshape(-1, self.dim))
-            source = SourceBoxes(key[0], key[1], entry["origin"], vectors, [r["name"] for r in found],
-                                 [int(r["frame"]) for r in found],
-                                 [(int(r["x1"]), int(r["y1"]), int(r["x2"]), int(r["y2"])) for r in found],
-                                 [float(r["score"]) for r in found], [int(r["grp"]) for r in found],
+            boxes.sort()
+            ids, rows, names, frames, corners, scores, groups = zip(*boxes) if boxes else ((),) * 7
+            source = SourceBoxes(key[0], key[1], entry["origin"], vectors[list(rows)].reshape(-1, self.dim),
+                                 list(names), list(frames), list(corners), list(scores), list(groups),
                                  int(entry["pictures"]))
-            out.append((source, np.asarray([r["id"] for r in found], np.int64)))
+            out.append((source, np.asarray(ids, np.int64)))
         return out
 
     def search(self, kind: Kind, vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -629,20 +647,20 @@ class MilvusGallery:
         self._tidy(generation, None if removed is None else (removed & old.entries.keys()), bool(gone))
         return self.snapshot
 
-    def _box_rows(self, added: list[SourceBoxes], ids: np.ndarray, version: int) -> list[dict]:
-        rows, position = [], 0
+    def _box_rows(self, added: list[SourceBoxes], ids: np.ndarray, version: int) -> Iterator[dict]:
+        """The boxes' rows, made as they are inserted: a vector as the client's list of Python floats takes
+        some ten times its size."""
+        position = 0
         for source in added:
             vectors = unit_rows(np.asarray(source.vectors, np.float32).reshape(-1, self.dim)) if len(source.boxes) \
                 else np.zeros((0, self.dim), np.float32)
             for n, (name, frame, box, score, group) in enumerate(
                     zip(source.names, source.frames, source.boxes, source.scores, source.groups)):
                 x1, y1, x2, y2 = (int(v) for v in box)
-                rows.append({"id": int(ids[position + n]), "kind": source.kind, "source_id": source.source_id,
-                             "version": version, "name": str(name), "frame": int(frame), "x1": x1, "y1": y1,
-                             "x2": x2, "y2": y2, "score": float(score), "grp": int(group),
-                             "vector": vectors[n].tolist()})
+                yield {"id": int(ids[position + n]), "kind": source.kind, "source_id": source.source_id,
+                       "version": version, "name": str(name), "frame": int(frame), "x1": x1, "y1": y1,
+                       "x2": x2, "y2": y2, "score": float(score), "grp": int(group), "vector": vectors[n].tolist()}
             position += len(source.boxes)
-        return rows
 
     def _entry_row(self, kind: str, source_id: str, version: int, now: float,
                    source: SourceBoxes | None = None) -> dict:
