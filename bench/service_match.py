@@ -42,11 +42,11 @@ its head), ``search`` one box's 10 nearest clip boxes through the backend's
 ``recall@1`` / ``recall@10`` against exact search, ``votes_s`` the gallery
 voting among itself from scratch (what a replica does once at start, exact
 all-pairs; skipped, with the match columns, above ``--vote-up-to``
-vectors), ``bounded_match`` and
-``bounded_search`` the same two at Milvus's Bounded consistency (a replica
-may see a change a moment late, and reads wait for no write), ``add`` / ``delete`` one
-clip committed, and a replica's memory: the resident memory a fresh process
-adds by opening the gallery (``replica_mib``; every replica holds the
+vectors), ``bounded_match`` and ``bounded_search`` the same two at Milvus's
+Bounded consistency (a replica may see a change a moment late, and reads
+wait for no write), ``add`` / ``delete`` one clip committed, and a
+replica's memory: the resident memory a fresh process adds by opening the
+gallery (``replica_mib``; every replica holds the
 snapshot the voting reads) and, for Milvus, the server's
 (``server_rss_mib``). Milvus is started here from the PyPI package
 (``milvus-server``, its default settings) unless ``--milvus-uri`` names one.
@@ -70,9 +70,9 @@ from service.matcher import GalleryMatcher
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "service_match.json"
 BACKENDS_OUT = Path(__file__).resolve().parent / "results" / "service_match_backends.json"
-BACKEND_COLUMNS = ["backend", "vectors", "index", "load_s", "index_s", "votes_s", "match_p50_ms", "search_p50_ms", "recall@1",
-                   "recall@10", "bounded_match_p50_ms", "bounded_search_p50_ms", "add_p50_ms", "delete_p50_ms",
-                   "replica_mib", "server_rss_mib"]
+BACKEND_COLUMNS = ["backend", "vectors", "index", "load_s", "index_s", "votes_s", "match_p50_ms", "search_p50_ms",
+                   "recall@1", "recall@10", "bounded_match_p50_ms", "bounded_search_p50_ms", "add_p50_ms",
+                   "delete_p50_ms", "replica_mib", "server_rss_mib"]
 REPLICA = """
 import json, resource, sys
 sys.path.insert(0, {repo!r})
@@ -269,16 +269,18 @@ def backend_rows(args: argparse.Namespace, rng: np.random.Generator, folder: Pat
                 index_s = store.settle() if backend == "milvus" else 0.0
                 snapshot = store.current()
                 voting = vectors <= args.vote_up_to
+                matched = asked if voting else []  # a match reads the gallery's votes
                 matcher = GalleryMatcher(rules)
                 with Timer() as votes:
                     if voting:
                         matcher.gallery_votes(snapshot)
-                match_times, search_times, found = _time_reads(store, matcher, asked if voting else [], probes)
+                match_times, search_times, found = _time_reads(store, matcher, matched, probes)
                 bounded_match, bounded_search = [], []
                 if backend == "milvus":  # the same reads at Bounded consistency: no wait for the newest writes
-                    store.config = store.config.model_copy(update={"consistency": "Bounded"})
-                    bounded_match, bounded_search, _ = _time_reads(store, matcher, asked if voting else [], probes)
-                    store.config = gallery
+                    strong = store.config
+                    store.config = strong.model_copy(update={"consistency": "Bounded"})
+                    bounded_match, bounded_search, _ = _time_reads(store, matcher, matched, probes)
+                    store.config = strong
                 exact = search_side(snapshot.sides["clip"], probes, 10)[1]
                 adds, deletes = [], []
                 for source in changes:
@@ -339,8 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(rows, BACKEND_COLUMNS)
         path = write_result(args.out or BACKENDS_OUT, "service_match_backends", rows, {
             "dim": args.dim, "queries": args.queries, "changes": args.changes, "threads": torch.get_num_threads(),
-            "milvus": "PyPI milvus 2.3.5 standalone (milvus-server), default settings", "consistency": "Strong (bounded_*: Bounded)",
-            "vote_up_to": args.vote_up_to,
+            "milvus": "PyPI milvus 2.3.5 standalone (milvus-server), default settings",
+            "consistency": "Strong (bounded_*: Bounded)", "vote_up_to": args.vote_up_to,
             "note": "2-core machine possibly shared with other jobs during the run"})
         print(f"written {path}")
         return 0

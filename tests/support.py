@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-
 import torch
 import yaml
 

@@ -191,8 +191,8 @@ def test_a_chunked_upload_over_the_limit_is_413(hardened: ServiceProcess) -> Non
     assert str(UPLOAD_LIMIT) in error["message"]
 
 
-def test_an_unexpected_failure_is_a_json_500_with_its_request_id(hardened: ServiceProcess, tiny_setup: dict[str, Path]
-                                                                 ) -> None:
+def test_an_unexpected_failure_is_a_json_500_with_its_request_id(hardened: ServiceProcess,
+                                                                 tiny_setup: dict[str, Path]) -> None:
     uploads = _data_dir(hardened) / "uploads"
     since = hardened.log.stat().st_size
     uploads.rename(uploads.with_name("uploads-moved"))  # staging an upload now fails where nothing expects it

@@ -11,7 +11,6 @@ generation.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,8 +60,7 @@ def replicas(tiny_setup: dict[str, Path], milvus_server,
                                            _env(milvus_server.uri))
         started["reader"] = ServiceProcess(config, base / "scratch-reader", base / "reader.log",
                                            _env(milvus_server.uri, writer="false"))
-        local_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-        started["local"] = ServiceProcess(config, galleries["local"], base / "local.log", local_env)
+        started["local"] = ServiceProcess(config, galleries["local"], base / "local.log")
         yield started
     finally:
         for replica in started.values():

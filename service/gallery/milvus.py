@@ -458,7 +458,7 @@ class MilvusGallery:
                 raise _Moved()
             boxes.sort()
             ids, rows, names, frames, corners, scores, groups = zip(*boxes) if boxes else ((),) * 7
-            source = SourceBoxes(key[0], key[1], entry["origin"], vectors[list(rows)].reshape(-1, self.dim),
+            source = SourceBoxes(key[0], key[1], entry["origin"], vectors[list(rows)],
                                  list(names), list(frames), list(corners), list(scores), list(groups),
                                  int(entry["pictures"]))
             out.append((source, np.asarray(ids, np.int64)))
